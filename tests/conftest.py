@@ -1,0 +1,52 @@
+"""Suite-wide fixtures: a leak check around every test, and GPU tests skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.multiprocessing
+
+from tests.timeouts import LONG_TIMEOUT
+from torchtroupe.testing import find_leaks, take_snapshot
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _persistent_helpers() -> None:
+    """Start the session-long helper processes before any leak baseline is taken.
+
+    The torch-preloaded forkserver and the multiprocessing resource tracker (which the
+    forkserver starts) live until the interpreter exits. Started here, they are part of
+    every test's baseline; otherwise the first test to spawn a rank would be blamed for
+    them. Running one trivial process proves the server works.
+    """
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch"])
+    process = ctx.Process(target=os.getpid)
+    process.start()
+    process.join(LONG_TIMEOUT)
+    if process.exitcode != 0:
+        process.kill()
+        process.join(LONG_TIMEOUT)
+        pytest.fail(f"warming the forkserver failed: exit code {process.exitcode}")
+
+
+@pytest.fixture(autouse=True)
+def _check_leaks(_persistent_helpers: None) -> Iterator[None]:
+    """Fail any test that leaves a child process, thread, open fd or /dev/shm entry."""
+    before = take_snapshot()
+    yield
+    leaks = find_leaks(before)
+    if leaks:
+        pytest.fail("test leaked:\n" + "\n".join(f"  - {leak}" for leak in leaks))
