@@ -1,0 +1,1 @@
+"""torchtroupe's benchmarks: run with ``make bench`` or ``python -m bench.<name>``."""
