@@ -1,0 +1,54 @@
+"""Every environment variable torchtroupe reads, read in this one place.
+
+Runs in any process: the caller, the forkserver and every rank read the same
+variables, so a rank inherits the tuning of the program that started it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _float_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{name}={raw!r} is not a number; unset it or give seconds/microseconds as a float"
+        ) from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Tunables read from the environment once per process.
+
+    Attributes:
+        spin_us: How long a waiter spins before it parks (``TORCHTROUPE_SPIN_US``).
+        park_slice_s: The longest a parked waiter sleeps before it rechecks its
+            peer's liveness and its deadline (``TORCHTROUPE_PARK_SLICE_S``).
+        ring_bytes: Data capacity of each ring in a mailbox (``TORCHTROUPE_RING_BYTES``).
+    """
+
+    spin_us: float
+    park_slice_s: float
+    ring_bytes: int
+
+
+def load_settings() -> Settings:
+    """Reads the ``TORCHTROUPE_*`` variables, falling back to the defaults."""
+    ring_bytes = int(_float_from_env("TORCHTROUPE_RING_BYTES", float(4 << 20)))
+    return Settings(
+        spin_us=_float_from_env("TORCHTROUPE_SPIN_US", 50.0),
+        park_slice_s=_float_from_env("TORCHTROUPE_PARK_SLICE_S", 0.05),
+        ring_bytes=ring_bytes,
+    )
+
+
+SETTINGS = load_settings()

@@ -1,0 +1,276 @@
+"""Turning Python objects into ring messages and back.
+
+Runs in the caller and in every rank; an encoder is used by one thread at a time.
+
+Wire format of one message (all integers little-endian u64)::
+
+    | target | tag | n_storages | pickle_len | storage_len * n | pickle bytes | storage bytes |
+
+``target`` is the mailbox's addressing word (the rank a request is for, or -1 for
+all) and ``tag`` the request's sequence number, so a reader can skip a message
+without unpickling it, and answer one it cannot unpickle.
+
+Note [Tensors in the codec]
+---------------------------
+The pickle stream (protocol 5) never holds tensor data. A strided CPU tensor is
+reduced to a reference to its storage, and each distinct storage in the message is
+appended after the pickle bytes; the message writer copies those bytes from the
+tensor's memory straight into the ring, and the reader copies them from the ring
+straight into a fresh tensor: one copy on each side, no intermediate ``bytes``.
+Views of one storage stay views of one storage after the trip. CUDA tensors go
+through torch's own reduction (a CUDA IPC handle, no copy of device memory).
+Functions and classes that cannot be imported by name in the receiver (defined in
+``__main__``, in a notebook, or locally) are pickled by value with cloudpickle.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import torch
+from torch.multiprocessing.reductions import reduce_tensor
+
+from .region import raw_bytes
+from .stream import IncomingMessage, MessageWriter
+
+TARGET_ALL = -1
+_PROTOCOL = 5
+_FIXED = struct.Struct("<qqQQ")
+
+
+class _DecodeContext(threading.local):
+    storages: list[torch.UntypedStorage]
+
+    def __init__(self) -> None:
+        self.storages = []
+
+
+_decoding = _DecodeContext()
+
+
+def _rebuild_tensor(
+    storage_index: int,
+    dtype: torch.dtype,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    offset: int,
+    requires_grad: bool,
+) -> torch.Tensor:
+    storage = _decoding.storages[storage_index]
+    tensor = torch.empty(0, dtype=dtype)
+    tensor.set_(storage, offset, size, stride)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def _rebuild_parameter(data: torch.Tensor, requires_grad: bool) -> torch.nn.Parameter:
+    return torch.nn.Parameter(data, requires_grad=requires_grad)
+
+
+class _FilenameKeepingPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, except that code objects keep their real ``co_filename``.
+
+    cloudpickle writes ``<dynamic-code>`` instead, for deterministic payloads; we
+    want a rank's traceback to point at the file the user wrote the code in.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            rebuild, arguments = cloudpickle.cloudpickle._code_reduce(obj)
+            fixed = tuple(obj.co_filename if a == "<dynamic-code>" else a for a in arguments)
+            return rebuild, fixed
+        return super().reducer_override(obj)
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """Pickles ``obj`` with cloudpickle (functions and classes by value where needed),
+    keeping source file names for tracebacks."""
+    buffer = io.BytesIO()
+    _FilenameKeepingPickler(buffer, protocol=_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _needs_value_pickling(obj: types.FunctionType | type) -> bool:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    return module in (None, "__main__") or "<locals>" in qualname or "<lambda>" in qualname
+
+
+class _Pickler(pickle.Pickler):
+    """A pickler that sends tensor storages out of band (Note [Tensors in the codec])."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=_PROTOCOL)
+        self.storages: list[memoryview] = []
+        self.keepalive: list[torch.Tensor] = []
+        self._storage_index: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.clear_memo()
+        self.storages = []
+        self.keepalive = []
+        self._storage_index = {}
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self._reduce_tensor(obj)
+        if isinstance(obj, (types.FunctionType, type)) and _needs_value_pickling(obj):
+            return (pickle.loads, (dumps_by_value(obj),))
+        return NotImplemented
+
+    def _reduce_tensor(self, tensor: torch.Tensor) -> Any:
+        if type(tensor) is torch.nn.Parameter:
+            return (_rebuild_parameter, (tensor.data, tensor.requires_grad))
+        if type(tensor) is not torch.Tensor:
+            return NotImplemented
+        if tensor.is_cuda:
+            return reduce_tensor(tensor)  # type: ignore[no-untyped-call]
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized:
+            return NotImplemented
+        if tensor.is_conj() or tensor.is_neg():
+            # The raw storage does not hold the lazy conjugate/negative bit: send the
+            # values it stands for (a copy), as torch's own pickling does.
+            resolved = tensor.resolve_conj().resolve_neg()
+            self.keepalive.append(resolved)  # its bytes are written after we return
+            return self._reduce_tensor(resolved)
+        if tensor.requires_grad and not tensor.is_leaf:
+            raise TypeError(
+                "cannot send a tensor that requires grad and is not a leaf of the autograd "
+                "graph: send tensor.detach() (gradients do not cross processes)"
+            )
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        index = self._storage_index.get(key)
+        if index is None or len(self.storages[index]) != storage.nbytes():
+            index = len(self.storages)
+            self._storage_index[key] = index
+            self.storages.append(raw_bytes(storage.data_ptr(), storage.nbytes()))
+        return (
+            _rebuild_tensor,
+            (
+                index,
+                tensor.dtype,
+                tuple(tensor.size()),
+                tuple(tensor.stride()),
+                tensor.storage_offset(),
+                tensor.requires_grad,
+            ),
+        )
+
+
+class Encoder:
+    """Encodes objects and writes them as messages; one per sending thread."""
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._pickler = _Pickler(self._buffer)
+        self._keepalive: list[torch.Tensor] = []
+
+    def encode(
+        self, obj: Any, target: int = TARGET_ALL, tag: int = 0
+    ) -> tuple[list[memoryview | bytes], int]:
+        """Pickles ``obj`` and returns the message's chunks and total size.
+
+        The chunks reference the tensors' memory: write them before the tensors change.
+
+        Raises:
+            TypeError: ``obj`` (or something inside it) cannot be pickled. Nothing
+                has been written anywhere.
+        """
+        buffer, pickler = self._buffer, self._pickler
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.reset()
+        try:
+            pickler.dump(obj)
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
+            raise TypeError(f"torchtroupe cannot send this value: {error}") from error
+        finally:
+            pickler.clear_memo()
+        payload = buffer.getvalue()
+        storages = pickler.storages
+        pickler.storages = []
+        # Temporaries made while pickling live until the next encode by this encoder,
+        # which is after the caller wrote these chunks.
+        self._keepalive = pickler.keepalive
+        lengths = [len(storage) for storage in storages]
+        prelude = _FIXED.pack(target, tag, len(storages), len(payload))
+        if lengths:
+            prelude += struct.pack(f"<{len(lengths)}Q", *lengths)
+        chunks: list[memoryview | bytes] = [prelude, payload, *storages]
+        return chunks, len(prelude) + len(payload) + sum(lengths)
+
+    def send(
+        self,
+        writer: MessageWriter,
+        obj: Any,
+        *,
+        target: int = TARGET_ALL,
+        tag: int = 0,
+        deadline: float | None,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """Encodes ``obj`` and writes it as one message (see :meth:`encode`)."""
+        chunks, nbytes = self.encode(obj, target, tag)
+        writer.send(chunks, nbytes, deadline=deadline, alive=alive)
+
+
+def peek_target(message: IncomingMessage) -> tuple[int, int]:
+    """The ``(target, tag)`` words of a message, read without consuming anything."""
+    target, tag, _, _ = _FIXED.unpack_from(message.first)
+    return target, tag
+
+
+def decode(message: IncomingMessage) -> Any:
+    """Reads a whole message, rebuilds the object, and releases the message.
+
+    Raises:
+        MessageAbortedError: The writer abandoned the message.
+        Exception: Whatever unpickling raises (for example a class the receiver
+            cannot import); the message is released either way.
+    """
+    try:
+        return _decode(message)
+    finally:
+        message.finish()
+
+
+def _decode(message: IncomingMessage) -> Any:
+    first = message.first
+    _, _, n_storages, pickle_len = _FIXED.unpack_from(first)
+    table_end = _FIXED.size + 8 * n_storages
+    storages: list[torch.UntypedStorage] = []
+    if message.complete:
+        lengths = struct.unpack_from(f"<{n_storages}Q", first, _FIXED.size)
+        payload: memoryview | bytearray = first[table_end : table_end + pickle_len]
+        position = table_end + pickle_len
+        for length in lengths:
+            tensor = torch.empty(length, dtype=torch.uint8)
+            raw_bytes(tensor.data_ptr(), length)[:] = first[position : position + length]
+            position += length
+            storages.append(tensor.untyped_storage())
+    else:
+        # The size table itself may span fragments when a message holds many tensors.
+        message.skip(_FIXED.size)
+        table = bytearray(8 * n_storages)
+        message.readinto(memoryview(table))
+        lengths = struct.unpack(f"<{n_storages}Q", table)
+        payload = bytearray(pickle_len)
+        message.readinto(memoryview(payload))
+        for length in lengths:
+            tensor = torch.empty(length, dtype=torch.uint8)
+            message.readinto(raw_bytes(tensor.data_ptr(), length))
+            storages.append(tensor.untyped_storage())
+    _decoding.storages = storages
+    try:
+        return pickle.loads(payload)
+    finally:
+        _decoding.storages = []

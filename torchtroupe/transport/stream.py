@@ -1,0 +1,258 @@
+"""Messages of any size over a ring: fragmentation on write, streaming on read.
+
+Runs in the writer's and readers' processes, one thread per end at a time.
+
+A message is a byte string of known length written as one or more records; every
+record but the last has the MORE flag. A message larger than a record streams
+through the ring in fragments, so memory stays bounded whatever the size. If a
+writer gives up in the middle of a message (deadline, interrupt), its next send
+first publishes an ABORT record; a reader that meets ABORT in place of the next
+fragment drops the partial message (:class:`MessageAbortedError`) and carries on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .ring import ABORT, RingReader, RingWriter
+
+Alive = Callable[[], bool] | None
+
+
+class MessageAbortedError(Exception):
+    """The writer abandoned the message being read; skip to the next one."""
+
+
+class MessageWriter:
+    """Writes whole messages, gathered from several buffers, into a ring.
+
+    Args:
+        ring: The ring's writing end.
+    """
+
+    def __init__(self, ring: RingWriter) -> None:
+        self.ring = ring
+        self._abort_pending = False
+
+    def send(
+        self,
+        chunks: Sequence[memoryview | bytes],
+        nbytes: int,
+        *,
+        deadline: float | None,
+        alive: Alive = None,
+        wake: int = -1,
+    ) -> None:
+        """Writes ``chunks`` (``nbytes`` in all) as one message.
+
+        Each chunk is copied once, straight into the ring. ``wake`` names the one
+        reader the message is for (-1: all), see :meth:`RingWriter.commit`.
+
+        Raises:
+            TimeoutError: The ring stayed full until the deadline. If nothing of the
+                message was published, the ring is as it was; otherwise readers will
+                drop the partial message.
+            ChannelClosedError, ChannelBrokenError: From the ring.
+        """
+        ring = self.ring
+        if self._abort_pending:
+            ring.reserve(0, deadline=deadline, alive=alive)
+            ring.commit(0, kind=ABORT)
+            self._abort_pending = False
+        limit = ring.max_payload
+        if nbytes <= limit:
+            view = ring.reserve(nbytes, deadline=deadline, alive=alive)
+            position = 0
+            for chunk in chunks:
+                if type(chunk) is not bytes:
+                    chunk = memoryview(chunk).cast("B")
+                end = position + len(chunk)
+                view[position:end] = chunk
+                position = end
+            ring.commit(nbytes, wake=wake)
+            return
+        self._send_fragments(chunks, nbytes, limit, deadline, alive, wake)
+
+    def _send_fragments(
+        self,
+        chunks: Sequence[memoryview | bytes],
+        nbytes: int,
+        limit: int,
+        deadline: float | None,
+        alive: Alive,
+        wake: int,
+    ) -> None:
+        ring = self.ring
+        sources = [memoryview(chunk).cast("B") for chunk in chunks if len(chunk)]
+        source_index, source_offset = 0, 0
+        remaining = nbytes
+        started = False
+        try:
+            while remaining:
+                size = min(remaining, limit)
+                view = ring.reserve(size, deadline=deadline, alive=alive)
+                filled = 0
+                while filled < size:
+                    source = sources[source_index]
+                    take = min(size - filled, len(source) - source_offset)
+                    view[filled : filled + take] = source[source_offset : source_offset + take]
+                    filled += take
+                    source_offset += take
+                    if source_offset == len(source):
+                        source_index, source_offset = source_index + 1, 0
+                remaining -= size
+                ring.commit(size, more=remaining > 0, wake=wake)
+                started = True
+        except BaseException:
+            if started:
+                self._abort_pending = True
+            raise
+
+
+class IncomingMessage:
+    """One message being read; bytes are pulled from the ring as they are asked for.
+
+    :attr:`first` is the first fragment's payload, valid until :meth:`finish` or a
+    read that moves past it. When :attr:`complete` is true the whole message is
+    in :attr:`first` (the common case for small messages).
+    """
+
+    __slots__ = (
+        "_alive",
+        "_deadline",
+        "_offset",
+        "_owner",
+        "_reader",
+        "_view",
+        "complete",
+        "first",
+    )
+
+    def __init__(
+        self,
+        owner: MessageReader,
+        first: memoryview,
+        deadline: float | None,
+        alive: Alive,
+    ) -> None:
+        self._owner = owner
+        reader = self._reader = owner.ring
+        self._deadline = deadline
+        self._alive = alive
+        self.first = first
+        self.complete = not reader.more
+        self._view = first
+        self._offset = 0
+
+    def skip(self, nbytes: int) -> None:
+        """Moves ``nbytes`` forward without copying."""
+        self._pull(None, nbytes)
+
+    def readinto(self, destination: memoryview) -> None:
+        """Fills ``destination`` with the message's next ``len(destination)`` bytes."""
+        self._pull(destination, len(destination))
+
+    def _pull(self, destination: memoryview | None, nbytes: int) -> None:
+        done = 0
+        while done < nbytes:
+            available = len(self._view) - self._offset
+            if available == 0:
+                self._next_fragment()
+                continue
+            take = min(available, nbytes - done)
+            if destination is not None:
+                destination[done : done + take] = self._view[self._offset : self._offset + take]
+            self._offset += take
+            done += take
+
+    def _next_fragment(self) -> None:
+        reader = self._reader
+        if not reader.more:
+            raise ValueError("read past the end of the message")
+        reader.consume()
+        try:
+            view = reader.receive(deadline=self._deadline, alive=self._alive)
+        except TimeoutError:
+            # The rest of this message is still to come: the next receive must skip it.
+            self._owner.resync = True
+            raise
+        if reader.kind == ABORT:
+            reader.consume()
+            self._view = memoryview(b"")
+            raise MessageAbortedError
+        self._view, self._offset = view, 0
+
+    def finish(self) -> None:
+        """Skips whatever is left of the message and releases it to the writer."""
+        reader = self._reader
+        while reader.more:
+            reader.consume()
+            try:
+                reader.receive(deadline=self._deadline, alive=self._alive)
+            except TimeoutError:
+                self._owner.resync = True
+                raise
+            if reader.kind == ABORT:
+                break
+        reader.consume()
+
+
+class MessageReader:
+    """Reads whole messages from one ring reader.
+
+    Attributes:
+        resync: True after a read gave up in the middle of a message: the records
+            still to come of that message are skipped before the next message.
+    """
+
+    def __init__(self, ring: RingReader) -> None:
+        self.ring = ring
+        self.resync = False
+
+    def _skip_continuation(self) -> bool:
+        """Consumes one record of an abandoned message; False once back in step."""
+        reader = self.ring
+        if reader.kind == ABORT:
+            reader.consume()
+            self.resync = False
+            return True
+        more = reader.more
+        reader.consume()
+        self.resync = more
+        return True
+
+    def receive(self, *, deadline: float | None, alive: Alive = None) -> IncomingMessage:
+        """Waits for the next message; call :meth:`IncomingMessage.finish` when done.
+
+        Raises:
+            TimeoutError: Nothing arrived before the deadline.
+            ChannelClosedError, ChannelBrokenError: From the ring.
+        """
+        reader = self.ring
+        while True:
+            first = reader.receive(deadline=deadline, alive=alive)
+            if self.resync:
+                self._skip_continuation()
+                continue
+            if reader.kind == ABORT:
+                reader.consume()
+                continue
+            return IncomingMessage(self, first, deadline, alive)
+
+    def poll(self, *, deadline: float | None = None, alive: Alive = None) -> IncomingMessage | None:
+        """Returns the next message if its first fragment has arrived, else None.
+
+        ``deadline`` and ``alive`` bound the waits for the message's later fragments.
+        """
+        reader = self.ring
+        while True:
+            first = reader.poll()
+            if first is None:
+                return None
+            if self.resync:
+                self._skip_continuation()
+                continue
+            if reader.kind == ABORT:
+                reader.consume()
+                continue
+            return IncomingMessage(self, first, deadline, alive)
