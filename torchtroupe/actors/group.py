@@ -1,0 +1,337 @@
+"""``ActorGroup`` and ``ActorRef``: how a caller talks to its ranks.
+
+Runs in the caller's threads; a group may be used from several threads at once.
+Calls from one caller reach each rank in the order they were made: the sequence
+number is taken and the request written under one lock, and each rank serves its
+requests one at a time, in ring order.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ..errors import ActorDiedError, CallTimeoutError, GroupError
+from ..transport.codec import TARGET_ALL
+from .actor import check_call
+from .messages import CALL, RUN, Request
+from .router import CallSlot
+from .runtime import DEAD, GroupRuntime
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout}")
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _emergency_stop(runtime: GroupRuntime) -> None:
+    runtime.shutdown(timeout=1.0)
+
+
+class ActorGroup:
+    """The ranks of one spawned actor class. Made by :func:`torchtroupe.spawn`.
+
+    Use it as a context manager, or call :meth:`shutdown`. A group that is garbage
+    collected, or still open at interpreter exit, is shut down too.
+    """
+
+    def __init__(self, runtime: GroupRuntime) -> None:
+        self._runtime = runtime
+        self._refs = [ActorRef(self, rank) for rank in range(runtime.world_size)]
+        self._finalizer = weakref.finalize(self, _emergency_stop, runtime)
+
+    # -- description ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The group's name (for logs and errors)."""
+        return self._runtime.name
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks."""
+        return self._runtime.world_size
+
+    @property
+    def pids(self) -> list[int | None]:
+        """The current process id of each rank, in rank order."""
+        return self._runtime.pids()
+
+    @property
+    def events(self) -> list[Any]:
+        """Every transition so far (started, exited, restarted, gave_up...)."""
+        return self._runtime.events.events
+
+    def __len__(self) -> int:
+        return self._runtime.world_size
+
+    def __getitem__(self, rank: int) -> ActorRef:
+        if not -self.world_size <= rank < self.world_size:
+            raise IndexError(f"rank {rank} out of range for a group of {self.world_size}")
+        return self._refs[rank]
+
+    def __iter__(self) -> Iterator[ActorRef]:
+        return iter(self._refs)
+
+    def __repr__(self) -> str:
+        actor = self._runtime.actor_class.__qualname__
+        return f"<ActorGroup {self.name!r} of {self.world_size} {actor}>"
+
+    # -- sending --------------------------------------------------------------------
+
+    def _submit(
+        self, ranks: Sequence[int], requests: Sequence[tuple[int, Request]], deadline: float | None
+    ) -> list[CallSlot]:
+        """Writes ``requests`` (target, request) and returns one slot per rank in ``ranks``."""
+        runtime = self._runtime
+        runtime.wait_ready(ranks, deadline)
+        router = runtime.router
+        slots: list[CallSlot] = []
+        with runtime.send_lock:
+            runtime.raise_if_closed()
+            seq = next(runtime.sequence)
+            encoded = []
+            for target, request in requests:
+                request = Request(seq, request.kind, request.name, request.args, request.kwargs)
+                encoded.append((target, runtime.encoder.encode(request, target, seq)))
+            for rank in ranks:
+                slot = CallSlot(seq, rank, requests[0][1].name)
+                if not router.register(slot):
+                    death = runtime.deaths[rank]
+                    slot.resolve(
+                        None,
+                        death
+                        or ActorDiedError(rank=rank, pid=None, exitcode=None, group=runtime.name),
+                    )
+                slots.append(slot)
+            try:
+                for target, (chunks, nbytes) in encoded:
+                    if target == TARGET_ALL or not slots[ranks.index(target)].done:
+                        runtime.end.requests.send(chunks, nbytes, deadline=deadline, wake=target)
+            except TimeoutError as error:
+                router.forget(slots)
+                raise CallTimeoutError(
+                    f"the request ring of group {self.name!r} stayed full until the deadline"
+                ) from error
+        return slots
+
+    def _call_slots(
+        self,
+        kind: int,
+        name: str,
+        ranks: Sequence[int],
+        args_per_rank: Sequence[tuple[Any, ...]] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: float | None,
+    ) -> list[CallSlot]:
+        if args_per_rank is None:
+            target = TARGET_ALL if len(ranks) > 1 else ranks[0]
+            return self._submit(ranks, [(target, Request(0, kind, name, args, kwargs))], deadline)
+        requests = [
+            (rank, Request(0, kind, name, tuple(a), kwargs))
+            for rank, a in zip(ranks, args_per_rank, strict=True)
+        ]
+        return self._submit(ranks, requests, deadline)
+
+    def _wait(
+        self, slots: list[CallSlot], deadline: float | None, timeout: float | None, name: str
+    ) -> None:
+        def what() -> str:
+            late = [slot.rank for slot in slots if not slot.done]
+            return (
+                f"{name!r} on rank(s) {late} of group {self.name!r} got no answer within {timeout}s"
+            )
+
+        self._runtime.router.wait(slots, deadline, what)
+
+    def _gather(self, slots: list[CallSlot], name: str) -> list[Any]:
+        errors = [slot.error for slot in slots if slot.error is not None]
+        if errors:
+            raise GroupError(
+                f"{len(errors)} of {len(slots)} ranks of group {self.name!r} failed in {name!r}",
+                [e if isinstance(e, Exception) else RuntimeError(repr(e)) for e in errors],
+            )
+        return [slot.value for slot in slots]
+
+    def _future(
+        self, slots: list[CallSlot], finish: Callable[[list[CallSlot]], Any]
+    ) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        remaining = [len(slots)]
+        router = self._runtime.router
+
+        def on_done(_: CallSlot) -> None:
+            remaining[0] -= 1
+            router.async_resolved()
+            if remaining[0] == 0:
+                try:
+                    future.set_result(finish(slots))
+                except BaseException as error:
+                    future.set_exception(error)
+
+        already = 0
+        for slot in slots:
+            if slot.done:
+                already += 1
+            else:
+                slot.callback = on_done
+        remaining[0] -= already
+        if remaining[0] == 0:
+            on_done_all = finish
+            try:
+                future.set_result(on_done_all(slots))
+            except BaseException as error:
+                future.set_exception(error)
+        else:
+            router.track_async([s for s in slots if not s.done])
+        return future
+
+    def _all_ranks(self) -> list[int]:
+        return list(range(self.world_size))
+
+    # -- public calls ---------------------------------------------------------------
+
+    def broadcast(
+        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> list[Any]:
+        """Calls endpoint ``name`` on every rank; returns the results in rank order.
+
+        Raises:
+            AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent).
+            GroupError: One or more ranks raised or died; holds one exception per
+                failed rank (use ``except*``), raised after every rank answered or died.
+            CallTimeoutError: No complete answer within ``timeout`` seconds.
+        """
+        check_call(self._runtime.actor_class, name, args, kwargs)
+        deadline = _deadline(timeout)
+        slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
+        self._wait(slots, deadline, timeout, name)
+        return self._gather(slots, name)
+
+    def broadcast_async(
+        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Future[list[Any]]:
+        """Like :meth:`broadcast`, returning a future of the list of results.
+
+        ``timeout`` bounds only the wait to send; wait on the future with its own timeout.
+        """
+        check_call(self._runtime.actor_class, name, args, kwargs)
+        slots = self._call_slots(
+            CALL, name, self._all_ranks(), None, args, kwargs, _deadline(timeout)
+        )
+        return self._future(slots, lambda s: self._gather(s, name))
+
+    def scatter(
+        self,
+        name: str,
+        args_per_rank: Sequence[tuple[Any, ...]],
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Calls ``name`` on every rank, rank ``i`` with the ``i``-th args tuple.
+
+        Each rank's arguments are written once, addressed to that rank only.
+
+        Raises:
+            ValueError: ``args_per_rank`` does not have one tuple per rank.
+            GroupError, CallTimeoutError: As for :meth:`broadcast`.
+        """
+        if len(args_per_rank) != self.world_size:
+            raise ValueError(
+                f"scatter needs {self.world_size} argument tuples (one per rank), "
+                f"got {len(args_per_rank)}"
+            )
+        for each in args_per_rank:
+            check_call(self._runtime.actor_class, name, tuple(each), kwargs)
+        deadline = _deadline(timeout)
+        slots = self._call_slots(CALL, name, self._all_ranks(), args_per_rank, (), kwargs, deadline)
+        self._wait(slots, deadline, timeout, name)
+        return self._gather(slots, name)
+
+    def run(
+        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> list[Any]:
+        """Runs ``function(actor, *args, **kwargs)`` on every rank (cloudpickled).
+
+        Returns:
+            The results in rank order.
+        """
+        if not callable(function):
+            raise TypeError(f"run() needs a callable, not {type(function).__name__}")
+        deadline = _deadline(timeout)
+        name = getattr(function, "__qualname__", repr(function))
+        slots = self._call_slots(
+            RUN, name, self._all_ranks(), None, (function, *args), kwargs, deadline
+        )
+        self._wait(slots, deadline, timeout, name)
+        return self._gather(slots, name)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stops every rank: graceful stop, then SIGTERM, then SIGKILL; reaps all.
+
+        Outstanding calls fail with GroupClosedError. Idempotent.
+        """
+        self._finalizer.detach()
+        self._runtime.shutdown(timeout)
+
+    def __enter__(self) -> ActorGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(self._runtime.options.shutdown_s)
+
+
+class ActorRef:
+    """One rank of a group: ``group[i]``."""
+
+    def __init__(self, group: ActorGroup, rank: int) -> None:
+        self._group = group
+        self.rank = rank
+
+    @property
+    def pid(self) -> int | None:
+        """The rank's current process id."""
+        return self._group.pids[self.rank]
+
+    @property
+    def alive(self) -> bool:
+        """False once the rank died and was not (yet) restarted."""
+        return self._group._runtime.states[self.rank] != DEAD
+
+    def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Calls endpoint ``name`` on this rank and returns its result.
+
+        Raises:
+            AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent).
+            Exception: Whatever the endpoint raised, as its own type, with the
+                rank's frames in its traceback and a note naming the rank.
+            ActorDiedError: The rank died before answering.
+            CallTimeoutError: No answer within ``timeout`` seconds.
+        """
+        group = self._group
+        check_call(group._runtime.actor_class, name, args, kwargs)
+        deadline = _deadline(timeout)
+        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
+        group._wait(slots, deadline, timeout, name)
+        return slots[0].outcome()
+
+    def call_async(
+        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Like :meth:`call`, returning a :class:`concurrent.futures.Future`."""
+        group = self._group
+        check_call(group._runtime.actor_class, name, args, kwargs)
+        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, _deadline(timeout))
+        return group._future(slots, lambda s: s[0].outcome())
+
+    def __repr__(self) -> str:
+        return f"<ActorRef rank {self.rank} of {self._group.name!r} pid {self.pid}>"

@@ -1,0 +1,151 @@
+"""Starting and stopping rank processes.
+
+Runs in the caller's process.
+
+Note [Start methods]
+--------------------
+``forkserver`` (the default) forks each rank from a server process that imported
+torch (and the modules named in ``preload=``) once, so a rank is up in
+milliseconds instead of re-importing torch for seconds. The server is shared by
+every group of the process and ends with it. ``spawn`` starts a fresh interpreter
+per rank. ``fork`` is refused once CUDA is initialised in the caller, because a
+forked child cannot use the parent's CUDA context.
+
+Note [Ranks do not re-run __main__]
+-----------------------------------
+Under ``forkserver`` and ``spawn``, multiprocessing re-imports the parent's main
+script in every child, so that functions defined there can be unpickled by name.
+Our ranks never need that: the actor class and its arguments travel cloudpickled,
+by value. Re-running the script would be slow, and fatal for the common script
+that calls ``spawn`` at top level without an ``if __name__ == "__main__"`` guard
+(the child would try to spawn again). So the preparation data of processes named
+as our ranks (and only those) leaves the main module out.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.spawn
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+import torch
+import torch.multiprocessing
+
+from .rank_main import RankBoot, rank_main
+
+START_METHODS = ("forkserver", "spawn", "fork")
+_ALWAYS_PRELOADED = ("torch", "torchtroupe.actors.rank_main")
+_KILL_WAIT_S = 5.0
+RANK_PROCESS_PREFIX = "troupe:"
+_preparation_data = multiprocessing.spawn.get_preparation_data
+
+
+def _preparation_data_without_main(name: str) -> dict[str, object]:
+    data: dict[str, object] = _preparation_data(name)
+    if name.startswith(RANK_PROCESS_PREFIX):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+multiprocessing.spawn.get_preparation_data = _preparation_data_without_main
+
+
+def start_context(start_method: str, preload: Sequence[str] = ()) -> BaseContext:
+    """The multiprocessing context that starts ranks.
+
+    Raises:
+        ValueError: Unknown start method.
+        RuntimeError: ``fork`` after CUDA was initialised.
+    """
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}")
+    if start_method == "fork" and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        raise RuntimeError(
+            "cannot start ranks with 'fork': CUDA is already initialised in this process, "
+            "and a forked child cannot use it; use start_method='forkserver' (the default)"
+        )
+    context = torch.multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload([*_ALWAYS_PRELOADED, *preload])
+    return context
+
+
+@dataclass(slots=True)
+class RankProcess:
+    """One incarnation of one rank, as the caller sees it."""
+
+    rank: int
+    process: BaseProcess
+    death_pipe: Connection
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        pid = self.process.pid
+        assert pid is not None  # set by start()
+        return pid
+
+    @property
+    def sentinel(self) -> int:
+        """Becomes readable when the process ends."""
+        return self.process.sentinel
+
+
+def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
+    """Starts one rank process. It holds the read end of a pipe whose write end only
+    this process holds: when this process dies, the rank sees EOF and exits."""
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(  # type: ignore[attr-defined]
+        target=rank_main,
+        args=(boot, reader),
+        name=f"{RANK_PROCESS_PREFIX}{boot.group}:rank{boot.rank}",
+        daemon=False,
+    )
+    try:
+        process.start()
+    finally:
+        reader.close()
+    return RankProcess(boot.rank, process, writer)
+
+
+def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
+    """Ends ``ranks``: waits ``graceful_s`` for them to exit (a STOP request was
+    sent already, or they are dying), then SIGTERM, then SIGKILL, and reaps all.
+    """
+    deadline = time.monotonic() + graceful_s
+    _wait_exited(ranks, deadline)
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        alive = [rank for rank in ranks if rank.process.exitcode is None]
+        if not alive:
+            break
+        for rank in alive:
+            _send_signal(rank.process, signal_number)
+        _wait_exited(alive, time.monotonic() + _KILL_WAIT_S)
+    for rank in ranks:
+        rank.process.join()
+        rank.process.close()
+        rank.death_pipe.close()
+
+
+def _send_signal(process: BaseProcess, signal_number: int) -> None:
+    if signal_number == signal.SIGTERM:
+        process.terminate()
+    else:
+        process.kill()
+
+
+def _wait_exited(ranks: Sequence[RankProcess], deadline: float) -> None:
+    pending = {rank.sentinel: rank for rank in ranks if rank.process.exitcode is None}
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        for sentinel in wait(list(pending), timeout=remaining):
+            if isinstance(sentinel, int):
+                pending.pop(sentinel).process.join(0)

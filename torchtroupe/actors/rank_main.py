@@ -1,0 +1,225 @@
+"""A rank's process: boot, build the actor, serve calls until told to stop.
+
+Runs in the rank's process only. The order of the handshake with the caller::
+
+    caller                                   rank
+    ------                                   ----
+    start process (boot record, death pipe)  ignore SIGINT, PR_SET_PDEATHSIG, watch death pipe
+                                             set RANK/WORLD_SIZE/... and the CUDA device
+                                             join torch.distributed (if asked)
+                                             build the actor (runs __init__)
+    wait for the READY / ERROR reply  <----  Reply(ready_seq, READY, pid) or ERROR
+    requests  ----------------------------> serve, one at a time, in order
+    Request(STOP)  ------------------------> Reply(STOPPED), leave the process group, exit 0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+import cloudpickle
+import torch
+
+from .._remote_errors import capture
+from ..transport.codec import TARGET_ALL, Encoder, decode, peek_target
+from ..transport.mailbox import MailboxLayout, RankEnd
+from ..transport.stream import MessageAbortedError
+from ..transport.waiting import WaitStrategy
+from .actor import Actor, fatal_hook
+from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED, Reply, Request
+
+FATAL_EXIT_CODE = 70
+"""Exit code of a rank that ended through ``tt.fatal`` or a sticky CUDA error."""
+
+_PR_SET_PDEATHSIG = 1
+_STICKY_CUDA_ERRORS = (
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RankBoot:
+    """Everything a rank needs to start; pickled to the new process.
+
+    ``actor`` holds the class, args and kwargs cloudpickled, so classes defined in
+    ``__main__`` or a notebook work.
+    """
+
+    group: str
+    rank: int
+    world_size: int
+    layout: MailboxLayout
+    actor: bytes
+    ready_seq: int
+    device_index: int | None
+    master_port: int
+    distributed: str | None
+    supervisor_pid: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the death pipe still ends the rank
+
+
+def _watch_death_pipe(connection: Connection) -> None:
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            connection.recv_bytes()
+        os._exit(FATAL_EXIT_CODE)  # the caller is gone: nobody will ever read our replies
+
+    threading.Thread(target=watch, name="torchtroupe-death-pipe", daemon=True).start()
+
+
+def _is_sticky_cuda_error(error: BaseException) -> bool:
+    text = str(error)
+    return "CUDA" in text and any(marker in text for marker in _STICKY_CUDA_ERRORS)
+
+
+class RankRuntime:
+    """The serve loop of one rank."""
+
+    def __init__(self, boot: RankBoot) -> None:
+        self.boot = boot
+        self.end = RankEnd(boot.layout, boot.rank)
+        self.encoder = Encoder()
+        self.actor: Any = None
+        self.strategy = WaitStrategy(park_slice_s=1.0)
+
+    def reply(self, reply: Reply) -> None:
+        """Sends ``reply``; a value that cannot be pickled becomes an error reply."""
+        try:
+            chunks, nbytes = self.encoder.encode(reply, tag=reply.seq)
+        except TypeError as error:
+            failure = capture(
+                TypeError(f"the result could not be sent back to the caller: {error}")
+            )
+            chunks, nbytes = self.encoder.encode(Reply(reply.seq, ERROR, failure), tag=reply.seq)
+        self.end.replies.send(chunks, nbytes, deadline=None)
+
+    def die(self, reason: str) -> NoReturn:
+        """Records ``reason``, signals the supervisor and exits (see ``tt.fatal``)."""
+        try:
+            self.reply(Reply(NO_SEQ, FATAL, reason))
+        finally:
+            with contextlib.suppress(OSError):
+                os.kill(self.boot.supervisor_pid, signal.SIGUSR1)
+            os._exit(FATAL_EXIT_CODE)
+
+    def build_actor(self) -> None:
+        """Unpickles the actor class and runs its ``__init__`` with the rank attributes set."""
+        boot = self.boot
+        actor_class, args, kwargs = cloudpickle.loads(boot.actor)
+        actor = actor_class.__new__(actor_class)
+        if not isinstance(actor, Actor):
+            raise TypeError(f"{actor_class.__qualname__} must subclass torchtroupe.Actor")
+        actor.rank = boot.rank
+        actor.world_size = boot.world_size
+        actor.local_rank = boot.rank
+        if boot.device_index is None:
+            actor.device = torch.device("cpu")
+        else:
+            actor.device = torch.device("cuda", boot.device_index)
+        actor_class.__init__(actor, *args, **kwargs)
+        self.actor = actor
+
+    def serve(self) -> None:
+        """Answers requests one at a time until a STOP request."""
+        requests = self.end.requests
+        rank = self.boot.rank
+        while True:
+            message = requests.receive(deadline=None)
+            target, tag = peek_target(message)
+            if target != TARGET_ALL and target != rank:
+                message.finish()
+                continue
+            try:
+                request: Request = decode(message)
+            except MessageAbortedError:
+                continue
+            except Exception as error:
+                error.add_note("the request could not be unpickled in the rank")
+                self.reply(Reply(tag, ERROR, capture(error)))
+                continue
+            if request.kind == STOP:
+                self.reply(Reply(request.seq, STOPPED, None))
+                return
+            self.handle(request)
+
+    def handle(self, request: Request) -> None:
+        """Runs one request and replies with its result or its exception."""
+        try:
+            if request.kind == CALL:
+                value = getattr(self.actor, request.name)(*request.args, **request.kwargs)
+            elif request.kind == RUN:
+                function, *args = request.args
+                value = function(self.actor, *args, **request.kwargs)
+            else:
+                raise ValueError(f"unknown request kind {request.kind}")
+        except SystemExit:
+            raise
+        except BaseException as error:
+            self.reply(Reply(request.seq, ERROR, capture(error)))
+            if _is_sticky_cuda_error(error):
+                self.die(f"unrecoverable CUDA error in {request.name!r}: {error}")
+            return
+        self.reply(Reply(request.seq, RESULT, value))
+
+
+def rank_main(boot: RankBoot, death_pipe: Connection) -> None:
+    """Entry point of a rank's process (the target of its ``Process``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    _set_parent_death_signal()
+    _watch_death_pipe(death_pipe)
+    os.environ.update(boot.env)
+    os.environ.update(
+        RANK=str(boot.rank),
+        LOCAL_RANK=str(boot.rank),
+        WORLD_SIZE=str(boot.world_size),
+        LOCAL_WORLD_SIZE=str(boot.world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(boot.master_port),
+        TORCHTROUPE_GROUP=boot.group,
+    )
+    runtime = RankRuntime(boot)
+    fatal_hook.handler = runtime.die
+    try:
+        if boot.device_index is not None:
+            torch.cuda.set_device(boot.device_index)
+        if boot.distributed is not None:
+            import torch.distributed as dist
+
+            dist.init_process_group(
+                boot.distributed,
+                init_method=f"tcp://127.0.0.1:{boot.master_port}",
+                rank=boot.rank,
+                world_size=boot.world_size,
+            )
+        runtime.build_actor()
+    except BaseException as error:
+        runtime.reply(Reply(boot.ready_seq, ERROR, capture(error)))
+        os._exit(1)
+    runtime.reply(Reply(boot.ready_seq, READY, os.getpid()))
+    try:
+        runtime.serve()
+    finally:
+        if boot.distributed is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -1,0 +1,355 @@
+"""Routing replies to the calls that wait for them, in the caller's process.
+
+Runs in caller threads, the group's async-reply thread and the monitor thread.
+
+Note [Who reads the reply rings]
+--------------------------------
+A thread hop costs tens of microseconds in CPython, more than a whole call should.
+So there is no dedicated reader: a thread that waits for a reply takes the *pump*
+lock and reads the reply rings itself, dispatching every reply it finds to its
+call slot by sequence number. Threads that find the pump taken wait on a condition
+that the pumping thread notifies after each dispatch and when it lets go, so one
+of them takes over. Futures of asynchronous calls that nobody waits on are served
+by a background thread that pumps only while such calls are outstanding.
+
+A rank's death is queued by the monitor thread, which also marks the rank's reply
+ring broken (waking the pump). The pump drains every complete reply the rank wrote
+before it died, then fails the rank's remaining calls with ActorDiedError. So a
+reply that made it into the ring is never lost, and no call waits past the death.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._remote_errors import RemoteFailure, rebuild
+from ..errors import ActorDiedError, CallTimeoutError, ChannelBrokenError, ChannelClosedError
+from ..transport.codec import decode, peek_target
+from ..transport.mailbox import CallerEnd
+from ..transport.stream import MessageAbortedError
+from ..transport.waiting import wait_until
+from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
+
+_SLICE_S = 0.05
+
+
+def _key(seq: int, rank: int) -> int:
+    return (seq << 20) | rank
+
+
+class CallSlot:
+    """Where one rank's answer to one request lands.
+
+    A broadcast's slots share its sequence number; a slot is keyed by (seq, rank).
+    """
+
+    __slots__ = ("callback", "done", "error", "key", "name", "rank", "seq", "value")
+
+    def __init__(self, seq: int, rank: int, name: str) -> None:
+        self.seq = seq
+        self.rank = rank
+        self.key = _key(seq, rank)
+        self.name = name
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.callback: Callable[[CallSlot], None] | None = None
+
+    def resolve(self, value: Any, error: BaseException | None) -> None:
+        """Records the outcome (first one wins) and runs the callback, if any."""
+        if self.done:
+            return
+        self.value, self.error = value, error
+        self.done = True
+        if self.callback is not None:
+            self.callback(self)
+
+    def outcome(self) -> Any:
+        """Returns the value or raises the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class ReplyRouter:
+    """Dispatches replies from every rank's reply ring to waiting calls.
+
+    Args:
+        end: The caller's end of the mailbox.
+        describe: Names a rank for error notes, e.g. ``"Worker rank 2 (pid 41)"``.
+        on_control: Receives replies that answer no call (FATAL reports).
+    """
+
+    def __init__(
+        self,
+        end: CallerEnd,
+        describe: Callable[[int], str],
+        on_control: Callable[[int, Reply], None],
+    ) -> None:
+        self._end = end
+        self._describe = describe
+        self._on_control = on_control
+        self._lock = threading.Lock()
+        self._pump = threading.Lock()
+        self._changed = threading.Condition(threading.Lock())
+        self._pending: dict[int, CallSlot] = {}
+        self._readable = [False] * end.layout.world_size
+        self._deaths: list[tuple[int, ActorDiedError, threading.Event]] = []
+        self._async_outstanding = 0
+        self._async_thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- registration ---------------------------------------------------------------
+
+    def open_rank(self, rank: int) -> None:
+        """Starts reading ``rank``'s reply ring (a new incarnation is starting)."""
+        with self._lock:
+            self._end.reopen_reply(rank)
+            self._readable[rank] = True
+
+    def register(self, slot: CallSlot, death: ActorDiedError | None = None) -> bool:
+        """Expects a reply for ``slot``. Returns False if its rank is not readable."""
+        with self._lock:
+            if not self._readable[slot.rank]:
+                return False
+            self._pending[slot.key] = slot
+            return True
+
+    def forget(self, slots: Iterable[CallSlot]) -> None:
+        """Stops expecting replies for ``slots``; late replies will be dropped."""
+        with self._lock:
+            for slot in slots:
+                self._pending.pop(slot.key, None)
+
+    # -- waiting --------------------------------------------------------------------
+
+    def wait(self, slots: list[CallSlot], deadline: float | None, what: Callable[[], str]) -> None:
+        """Waits until every slot is resolved.
+
+        Raises:
+            CallTimeoutError: The deadline passed first; the unresolved slots are
+                forgotten, so their late replies are dropped.
+        """
+        while True:
+            if all(slot.done for slot in slots):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self.forget(slot for slot in slots if not slot.done)
+                if all(slot.done for slot in slots):
+                    return
+                raise CallTimeoutError(what())
+            if self._pump.acquire(blocking=False):
+                try:
+                    while not all(slot.done for slot in slots):
+                        if not self._pump_once(deadline):
+                            break
+                finally:
+                    self._release_pump()
+            else:
+                with self._changed:
+                    if self._pump.locked() and not all(slot.done for slot in slots):
+                        timeout = (
+                            _SLICE_S
+                            if deadline is None
+                            else max(0.0, min(_SLICE_S, deadline - time.monotonic()))
+                        )
+                        self._changed.wait(timeout)
+
+    def _release_pump(self) -> None:
+        self._pump.release()
+        with self._changed:
+            self._changed.notify_all()
+        # A death queued while we were letting go must not wait for the next caller.
+        if self._deaths and self._pump.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._pump.release()
+                with self._changed:
+                    self._changed.notify_all()
+
+    def _pump_once(self, deadline: float | None) -> bool:
+        """Drains once, or waits for something to drain. False once the deadline passed."""
+        if self._drain():
+            return True
+        slice_end = time.monotonic() + _SLICE_S
+        until = slice_end if deadline is None else min(deadline, slice_end)
+        wait_until(self._has_work, self._end.reply_bell, deadline=until)
+        self._drain()
+        return deadline is None or time.monotonic() < deadline
+
+    def _has_work(self) -> bool:
+        if self._deaths or self._closed:
+            return True
+        replies = self._end.replies
+        for rank, readable in enumerate(self._readable):
+            if readable and replies[rank].ring.has_data():
+                return True
+        return False
+
+    # -- draining -------------------------------------------------------------------
+
+    def _drain(self) -> bool:
+        progressed = False
+        replies = self._end.replies
+        for rank, readable in enumerate(self._readable):
+            if readable:
+                progressed |= self._drain_rank(rank, replies[rank].poll)
+        if self._deaths:
+            self._process_deaths()
+            progressed = True
+        return progressed
+
+    def _drain_rank(self, rank: int, poll: Callable[..., Any]) -> bool:
+        progressed = False
+        while True:
+            try:
+                message = poll()
+            except (ChannelBrokenError, ChannelClosedError):
+                return progressed
+            if message is None:
+                return progressed
+            progressed = True
+            _, tag = peek_target(message)
+            try:
+                reply = decode(message)
+            except MessageAbortedError:
+                continue
+            except (ChannelBrokenError, ChannelClosedError):
+                return progressed
+            except Exception as error:
+                error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
+                reply = Reply(tag, ERROR, error)
+            self._dispatch(rank, reply)
+
+    def _dispatch(self, rank: int, reply: Reply) -> None:
+        if reply.seq == NO_SEQ or reply.kind == FATAL:
+            self._on_control(rank, reply)
+            return
+        with self._lock:
+            slot = self._pending.pop(_key(reply.seq, rank), None)
+        if slot is None:
+            return  # the answer to a call that timed out: nobody may take it
+        if reply.kind == ERROR:
+            error = reply.value
+            if isinstance(error, RemoteFailure):
+                error = rebuild(error)
+                error.add_note(f"raised in {self._describe(rank)}, endpoint {slot.name!r}")
+            slot.resolve(None, error)
+        elif reply.kind == RESULT:
+            slot.resolve(reply.value, None)
+        else:
+            slot.resolve(reply, None)
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- deaths ---------------------------------------------------------------------
+
+    def drain_now(self) -> None:
+        """Reads whatever replies are waiting, if no other thread is reading them."""
+        if self._pump.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._release_pump()
+
+    note_poke = drain_now
+
+    def note_death(self, rank: int, error: ActorDiedError) -> threading.Event:
+        """Queues ``rank``'s death; the returned event is set once it was processed.
+
+        Runs in the monitor thread, after the rank's reply ring was marked broken.
+        """
+        processed = threading.Event()
+        with self._lock:
+            self._deaths.append((rank, error, processed))
+        self._end.reply_bell.interrupt()
+        if self._pump.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._release_pump()
+        return processed
+
+    def _process_deaths(self) -> None:
+        with self._lock:
+            deaths, self._deaths = self._deaths, []
+        for rank, error, processed in deaths:
+            self._drain_rank(rank, self._end.replies[rank].poll)
+            with self._lock:
+                self._readable[rank] = False
+                failed = [slot for slot in self._pending.values() if slot.rank == rank]
+                for slot in failed:
+                    del self._pending[slot.key]
+            for slot in failed:
+                slot.resolve(None, _with_call_note(error, slot.name))
+            processed.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- calls nobody waits on ------------------------------------------------------
+
+    def track_async(self, slots: list[CallSlot]) -> None:
+        """Makes sure ``slots`` resolve even if no thread ever waits on them."""
+        with self._changed:
+            self._async_outstanding += len(slots)
+            if self._async_thread is None:
+                self._async_thread = threading.Thread(
+                    target=self._serve_async, name="torchtroupe-replies", daemon=True
+                )
+                self._async_thread.start()
+            self._changed.notify_all()
+
+    def async_resolved(self, count: int = 1) -> None:
+        """Called by async slots' callbacks as they resolve."""
+        with self._changed:
+            self._async_outstanding -= count
+
+    def _serve_async(self) -> None:
+        while True:
+            with self._changed:
+                while not self._closed and (self._async_outstanding <= 0 or self._pump.locked()):
+                    self._changed.wait(_SLICE_S)
+                if self._closed:
+                    return
+            if self._pump.acquire(blocking=False):
+                try:
+                    while self._async_outstanding > 0 and not self._closed:
+                        self._pump_once(time.monotonic() + _SLICE_S)
+                finally:
+                    self._release_pump()
+
+    def close(self) -> None:
+        """Stops the async-reply thread. Unanswered calls must have been failed first."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._end.reply_bell.interrupt()
+        thread = self._async_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def fail_all(self, make_error: Callable[[CallSlot], BaseException]) -> None:
+        """Fails every outstanding call (the group is closing)."""
+        with self._lock:
+            slots = list(self._pending.values())
+            self._pending.clear()
+        for slot in slots:
+            slot.resolve(None, make_error(slot))
+        with self._changed:
+            self._changed.notify_all()
+
+
+def _with_call_note(error: ActorDiedError, endpoint: str) -> ActorDiedError:
+    copy = ActorDiedError(
+        rank=error.rank,
+        pid=error.pid,
+        exitcode=error.exitcode,
+        group=error.group,
+        reason=error.reason,
+    )
+    copy.add_note(f"the call to endpoint {endpoint!r} was in flight when the rank died")
+    return copy

@@ -1,0 +1,403 @@
+r"""The life of a group's ranks in the caller: start, death, restart, stop.
+
+Runs in the caller: public calls arrive on user threads, deaths on the monitor
+thread, restarts on a short-lived restart thread.
+
+Each rank is in one state at a time::
+
+    STARTING --READY reply--> READY --process ended--> DEAD --policy--> STARTING ...
+                                                         \--no policy / gave up--> (stays DEAD)
+
+Calls to a STARTING rank wait (within their timeout) for it; calls to a DEAD rank
+that will not come back fail with its ActorDiedError at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from .._settings import SETTINGS
+from ..errors import (
+    ActorDiedError,
+    ActorInitError,
+    CallTimeoutError,
+    GroupClosedError,
+    SupervisionError,
+    describe_exit,
+)
+from ..supervision.events import EventLog, SupervisionEvent
+from ..supervision.monitor import Monitor
+from ..supervision.policy import RestartPolicy, SpawnOptions
+from ..transport.codec import Encoder, dumps_by_value
+from ..transport.mailbox import CallerEnd, MailboxLayout
+from ..transport.ring import BROKEN, detach_reader
+from .messages import STOP, Reply, Request
+from .process import RankProcess, launch, start_context, stop
+from .rank_main import RankBoot
+from .router import CallSlot, ReplyRouter
+
+STARTING, READY, DEAD = "starting", "ready", "dead"
+_group_numbers = itertools.count()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class GroupRuntime:
+    """Processes, mailbox and restart policy of one group."""
+
+    def __init__(
+        self,
+        actor_class: type,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: SpawnOptions,
+        device_indices: Sequence[int | None],
+        *,
+        monitor: Monitor | None = None,
+        events: EventLog | None = None,
+        on_give_up: Callable[[SupervisionError], None] | None = None,
+        supervisor_pid: int | None = None,
+    ) -> None:
+        import os
+
+        self.actor_class = actor_class
+        self.options = options
+        self.world_size = options.world_size
+        self.name = options.name or f"{actor_class.__name__}-{next(_group_numbers)}"
+        self.device_indices = list(device_indices)
+        self.events = events or EventLog()
+        self._on_give_up = on_give_up
+        self._supervisor_pid = supervisor_pid or os.getpid()
+        self._payload = dumps_by_value((actor_class, args, kwargs))
+        self._context = start_context(options.start_method, options.preload)
+        self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
+        self.end = CallerEnd(self.layout)
+        self.router = ReplyRouter(self.end, self.describe, self._on_control)
+        self.send_lock = threading.Lock()
+        self.encoder = Encoder()
+        self.sequence = itertools.count(1)
+        self.ranks: list[RankProcess | None] = [None] * self.world_size
+        self.states = [STARTING] * self.world_size
+        self.deaths: list[ActorDiedError | None] = [None] * self.world_size
+        self._fatal_reasons: dict[int, str] = {}
+        self._changed = threading.Condition()
+        self._restart_times: deque[float] = deque()
+        self._failures: list[BaseException] = []
+        self._restart_threads: list[threading.Thread] = []
+        self.closed = False
+        self._closing = threading.Event()
+        self.gave_up: SupervisionError | None = None
+        self._owns_monitor = monitor is None
+        self.monitor = monitor or Monitor(f"torchtroupe-monitor-{self.name}", self.router_poke)
+        self.master_port = _free_port()
+
+    # -- naming ---------------------------------------------------------------------
+
+    def describe(self, rank: int) -> str:
+        """``"Worker rank 2 (pid 41)"``, for notes and messages."""
+        process = self.ranks[rank]
+        pid = process.process.pid if process is not None else None
+        return f"{self.actor_class.__qualname__} rank {rank} (pid {pid}) of group {self.name!r}"
+
+    def pids(self) -> list[int | None]:
+        """Current pid of each rank (None while a rank has no process)."""
+        return [None if p is None else p.process.pid for p in self.ranks]
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, ranks: Sequence[int], timeout: float | None) -> None:
+        """Starts ``ranks`` and waits until every one is ready.
+
+        Raises:
+            ActorInitError: A rank failed to start; the remote exception (or its
+                ActorDiedError) is the ``__cause__``. The other new ranks are stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        slots: list[CallSlot] = []
+        with self.send_lock:
+            for rank in ranks:
+                if self.closed:
+                    raise GroupClosedError(f"group {self.name!r} was shut down while starting")
+                self.layout.reset_rank(rank, self.end.requests.ring)
+                self.router.open_rank(rank)
+                slot = CallSlot(next(self.sequence), rank, "__init__")
+                self.router.register(slot)
+                boot = RankBoot(
+                    group=self.name,
+                    rank=rank,
+                    world_size=self.world_size,
+                    layout=self.layout,
+                    actor=self._payload,
+                    ready_seq=slot.seq,
+                    device_index=self.device_indices[rank],
+                    master_port=self.master_port,
+                    distributed=self.options.distributed,
+                    supervisor_pid=self._supervisor_pid,
+                    env=dict(self.options.env),
+                )
+                process = launch(self._context, boot)
+                with self._changed:
+                    self.ranks[rank] = process
+                    self.states[rank] = STARTING
+                    self.deaths[rank] = None
+                self.monitor.watch(process.sentinel, partial(self._on_exit, rank, process))
+                slots.append(slot)
+        try:
+            self.router.wait(
+                slots, deadline, lambda: f"ranks of group {self.name!r} not ready in {timeout}s"
+            )
+        except CallTimeoutError as error:
+            late = [slot.rank for slot in slots if not slot.done]
+            raise self._init_failed(
+                ranks, late[0], f"was not ready within {timeout}s", error
+            ) from error
+        for slot in slots:
+            if slot.error is not None:
+                raise self._init_failed(
+                    ranks, slot.rank, "failed to start", slot.error
+                ) from slot.error
+        with self._changed:
+            for rank in ranks:
+                self.states[rank] = READY
+            self._changed.notify_all()
+        for rank in ranks:
+            self.events.record(SupervisionEvent("started", self.name, rank, self.ranks[rank].pid))  # type: ignore[union-attr]
+
+    def _init_failed(
+        self, ranks: Sequence[int], rank: int, what: str, cause: BaseException
+    ) -> ActorInitError:
+        self._stop_ranks(ranks, graceful_s=0.0, reason="another rank failed to start")
+        error = ActorInitError(
+            f"{self.actor_class.__qualname__} rank {rank} of group {self.name!r} {what}: "
+            f"{type(cause).__name__}: {cause}",
+            rank=rank,
+            actor_name=self.actor_class.__qualname__,
+        )
+        return error
+
+    # -- waiting for ranks ----------------------------------------------------------
+
+    def wait_ready(self, ranks: Sequence[int], deadline: float | None) -> None:
+        """Returns once every rank in ``ranks`` is READY or DEAD for good.
+
+        Raises:
+            GroupClosedError, SupervisionError: The group is closed or gave up.
+            CallTimeoutError: A restart did not finish before the deadline.
+        """
+        states = self.states
+        if all(states[rank] == READY for rank in ranks) and not self.closed:
+            return
+        with self._changed:
+            while True:
+                self.raise_if_closed()
+                if all(
+                    states[r] == READY or (states[r] == DEAD and not self._restarting(r))
+                    for r in ranks
+                ):
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise CallTimeoutError(
+                        f"ranks of group {self.name!r} were restarting past the deadline"
+                    )
+                self._changed.wait(remaining)
+
+    def _restarting(self, rank: int) -> bool:
+        return (
+            self.options.restart is not None
+            and self.gave_up is None
+            and self.deaths[rank] is not None
+        )
+
+    def raise_if_closed(self) -> None:
+        """Raises the error a call to a closed group gets."""
+        if self.gave_up is not None:
+            raise GroupClosedError(
+                f"group {self.name!r} gave up after too many restarts"
+            ) from self.gave_up
+        if self.closed:
+            raise GroupClosedError(f"group {self.name!r} was shut down")
+
+    # -- deaths ---------------------------------------------------------------------
+
+    def router_poke(self) -> None:
+        """Monitor-thread hook after a poke (SIGUSR1): collect FATAL reports now."""
+        self.router.note_poke()
+
+    def _on_control(self, rank: int, reply: Reply) -> None:
+        self._fatal_reasons[rank] = str(reply.value)
+
+    def _on_exit(self, rank: int, process: RankProcess) -> None:
+        """Monitor thread: ``process`` (rank ``rank``) has ended."""
+        exitcode = process.process.exitcode
+        with self._changed:
+            if self.closed or self.ranks[rank] is not process:
+                return
+        self._fail_rank(rank, process, exitcode, reason=None)
+        self.events.record(
+            SupervisionEvent(
+                "exited", self.name, rank, process.pid, exitcode, describe_exit(exitcode)
+            )
+        )
+        if self.options.restart is not None:
+            self._apply_policy(rank, self.options.restart)
+        elif self._on_give_up is not None:
+            self._on_give_up(SupervisionError(str(self.deaths[rank]), [self.deaths[rank]]))  # type: ignore[list-item]
+
+    def _fail_rank(
+        self, rank: int, process: RankProcess, exitcode: int | None, reason: str | None
+    ) -> None:
+        self.layout.reply_ring(rank).set_state(BROKEN)
+        detach_reader(self.layout.request_ring(), rank)
+        self.router.drain_now()
+        error = ActorDiedError(
+            rank=rank,
+            pid=process.pid,
+            exitcode=exitcode,
+            group=self.name,
+            reason=self._fatal_reasons.pop(rank, None) or reason,
+        )
+        self.router.note_death(rank, error).wait()
+        with self._changed:
+            self.states[rank] = DEAD
+            self.deaths[rank] = error
+            self._changed.notify_all()
+
+    # -- restarts -------------------------------------------------------------------
+
+    def _apply_policy(self, rank: int, policy: RestartPolicy) -> None:
+        now = time.monotonic()
+        self._failures.append(self.deaths[rank])  # type: ignore[arg-type]
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > policy.within_s:
+            self._restart_times.popleft()
+        if len(self._restart_times) > policy.max_restarts:
+            self.give_up(
+                SupervisionError(
+                    f"group {self.name!r} gave up: more than {policy.max_restarts} restarts "
+                    f"within {policy.within_s}s; first failure: {self._failures[0]}",
+                    self._failures,
+                )
+            )
+            return
+        if policy.strategy == "one_for_one":
+            targets = [rank]
+        elif policy.strategy == "one_for_all":
+            targets = list(range(self.world_size))
+        else:
+            targets = list(range(rank, self.world_size))
+        thread = threading.Thread(
+            target=self._restart,
+            args=(rank, targets, policy),
+            name=f"torchtroupe-restart-{self.name}",
+        )
+        self._restart_threads.append(thread)
+        thread.start()
+
+    def _restart(self, dead_rank: int, targets: list[int], policy: RestartPolicy) -> None:
+        siblings = [r for r in targets if r != dead_rank and self.states[r] != DEAD]
+        self._stop_ranks(
+            siblings, graceful_s=0.0, reason=f"restarted with rank {dead_rank} ({policy.strategy})"
+        )
+        with self._changed:
+            for rank in targets:
+                self.states[rank] = STARTING
+            self._changed.notify_all()
+        if policy.backoff_s and self._closing.wait(policy.backoff_s):
+            return
+        self.events.record(
+            SupervisionEvent("restarting", self.name, dead_rank, detail=policy.strategy)
+        )
+        if self.options.distributed is not None:
+            self.master_port = _free_port()
+        try:
+            self.start(targets, self.options.timeout)
+        except ActorInitError as error:
+            if not self.closed:
+                self.give_up(
+                    SupervisionError(
+                        f"group {self.name!r} could not restart: {error}", [*self._failures, error]
+                    )
+                )
+            return
+        for rank in targets:
+            self.events.record(SupervisionEvent("restarted", self.name, rank, self.ranks[rank].pid))  # type: ignore[union-attr]
+
+    def give_up(self, error: SupervisionError) -> None:
+        """Stops every rank and fails the group: waiting and later calls get errors."""
+        with self._changed:
+            if self.gave_up is not None or self.closed:
+                return
+            self.gave_up = error
+            self._changed.notify_all()
+        self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
+        self._stop_ranks(range(self.world_size), graceful_s=0.0, reason="the group gave up")
+        self.router.fail_all(lambda slot: error)
+        if self._on_give_up is not None:
+            self._on_give_up(error)
+
+    # -- stopping -------------------------------------------------------------------
+
+    def _stop_ranks(self, ranks: Sequence[int] | range, *, graceful_s: float, reason: str) -> None:
+        victims = []
+        for rank in ranks:
+            process = self.ranks[rank]
+            if process is None:
+                continue
+            self.monitor.unwatch(process.sentinel)
+            victims.append((rank, process))
+        stop([process for _, process in victims], graceful_s=graceful_s)
+        for rank, process in victims:
+            if self.states[rank] != DEAD:
+                self._fail_rank(rank, process, process.process.exitcode, reason)
+            with self._changed:
+                if self.ranks[rank] is process:
+                    self.ranks[rank] = None
+
+    def shutdown(self, timeout: float) -> None:
+        """Graceful stop (STOP request), then SIGTERM, SIGKILL; reaps everything."""
+        with self._changed:
+            if self.closed:
+                return
+            self.closed = True
+            self._closing.set()
+            self._changed.notify_all()
+        live = [
+            r
+            for r in range(self.world_size)
+            if self.ranks[r] is not None and self.states[r] == READY
+        ]
+        if live:
+            try:
+                with self.send_lock:
+                    self.encoder.send(
+                        self.end.requests,
+                        Request(0, STOP, "", (), {}),
+                        deadline=time.monotonic() + min(timeout, 1.0),
+                    )
+            except Exception:
+                pass  # the ranks are stopped by signal instead
+        for thread in self._restart_threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        processes = [p for p in self.ranks if p is not None]
+        for process in processes:
+            self.monitor.unwatch(process.sentinel)
+        stop(processes, graceful_s=timeout)
+        self.ranks = [None] * self.world_size
+        self.router.fail_all(lambda slot: GroupClosedError(f"group {self.name!r} was shut down"))
+        self.router.close()
+        if self._owns_monitor:
+            self.monitor.close()

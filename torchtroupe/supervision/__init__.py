@@ -1,0 +1,9 @@
+"""Supervision: restart policies, child specs, events, the monitor: re-exports only."""
+
+from .events import SupervisionEvent as SupervisionEvent
+from .policy import ChildSpec as ChildSpec
+from .policy import RestartPolicy as RestartPolicy
+from .policy import SpawnOptions as SpawnOptions
+from .policy import SupervisorSpec as SupervisorSpec
+
+__all__ = ["ChildSpec", "RestartPolicy", "SpawnOptions", "SupervisionEvent", "SupervisorSpec"]
