@@ -55,7 +55,8 @@ def run_demo(world_size: int = 4) -> None:
     started = time.perf_counter()
     with spawn(Worker, args=(2.0,), world_size=world_size, devices=devices, name="demo") as group:
         print(
-            f"spawned {world_size} ranks in {time.perf_counter() - started:.2f} s, pids {group.pids}"
+            f"spawned {world_size} ranks in {time.perf_counter() - started:.2f} s, "
+            f"pids {group.pids}"
         )
 
         print("\nbroadcast('step', ones(3)) -> one result per rank:")
@@ -103,6 +104,7 @@ def run_demo(world_size: int = 4) -> None:
             elapsed_ms = (time.perf_counter() - killed_at) * 1e3
             print(f"  the caller got ActorDiedError after {elapsed_ms:.1f} ms: {error}")
         print(
-            f"\nother ranks still answer: {group[0].call('step', torch.zeros(1), timeout=30).tolist()}"
+            "\nother ranks still answer:",
+            group[0].call("step", torch.zeros(1), timeout=30).tolist(),
         )
     print("\nshut down: every rank reaped, nothing left in /dev/shm.")
