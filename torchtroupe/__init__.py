@@ -23,6 +23,7 @@ from .errors import TroupeError as TroupeError
 from .supervision import ChildSpec as ChildSpec
 from .supervision import RestartPolicy as RestartPolicy
 from .supervision import SupervisionEvent as SupervisionEvent
+from .supervision import Supervisor as Supervisor
 from .supervision import SupervisorSpec as SupervisorSpec
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "RestartPolicy",
     "SupervisionError",
     "SupervisionEvent",
+    "Supervisor",
     "SupervisorSpec",
     "TroupeError",
     "endpoint",

@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import ActorDiedError, CallTimeoutError, GroupError
+from ..errors import CallTimeoutError, GroupError
 from ..transport.codec import TARGET_ALL
 from .actor import check_call
 from .messages import CALL, RUN, Request
 from .router import CallSlot
 from .runtime import DEAD, GroupRuntime
+
+_TRANSITION_WAIT_S = 0.01
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -88,36 +90,63 @@ class ActorGroup:
     ) -> list[CallSlot]:
         """Writes ``requests`` (target, request) and returns one slot per rank in ``ranks``."""
         runtime = self._runtime
-        runtime.wait_ready(ranks, deadline)
+        while True:
+            runtime.wait_ready(ranks, deadline)
+            with runtime.send_lock:
+                runtime.raise_if_closed()
+                seq = next(runtime.sequence)
+                slots = [CallSlot(seq, rank, requests[0][1].name) for rank in ranks]
+                if self._register(slots):
+                    self._write(runtime, seq, requests, ranks, slots, deadline)
+                    return slots
+            # A rank is between incarnations (its death is being recorded): wait for it.
+            runtime.wait_changed(_TRANSITION_WAIT_S)
+
+    def _register(self, slots: list[CallSlot]) -> bool:
+        """Registers every slot; a dead rank's slot fails at once with its death.
+
+        Returns:
+            False (and nothing registered) if a rank is between incarnations.
+        """
+        runtime = self._runtime
+        for slot in slots:
+            if runtime.router.register(slot):
+                continue
+            death = runtime.deaths[slot.rank]
+            if death is None:
+                runtime.router.forget(slots)
+                return False
+            slot.resolve(None, death)
+        return True
+
+    def _write(
+        self,
+        runtime: GroupRuntime,
+        seq: int,
+        requests: Sequence[tuple[int, Request]],
+        ranks: Sequence[int],
+        slots: list[CallSlot],
+        deadline: float | None,
+    ) -> None:
+        """Encodes and writes ``requests``; call with the send lock held."""
         router = runtime.router
-        slots: list[CallSlot] = []
-        with runtime.send_lock:
-            runtime.raise_if_closed()
-            seq = next(runtime.sequence)
-            encoded = []
+        encoded = []
+        try:
             for target, request in requests:
                 request = Request(seq, request.kind, request.name, request.args, request.kwargs)
                 encoded.append((target, runtime.encoder.encode(request, target, seq)))
-            for rank in ranks:
-                slot = CallSlot(seq, rank, requests[0][1].name)
-                if not router.register(slot):
-                    death = runtime.deaths[rank]
-                    slot.resolve(
-                        None,
-                        death
-                        or ActorDiedError(rank=rank, pid=None, exitcode=None, group=runtime.name),
-                    )
-                slots.append(slot)
-            try:
-                for target, (chunks, nbytes) in encoded:
-                    if target == TARGET_ALL or not slots[ranks.index(target)].done:
-                        runtime.end.requests.send(chunks, nbytes, deadline=deadline, wake=target)
-            except TimeoutError as error:
-                router.forget(slots)
-                raise CallTimeoutError(
-                    f"the request ring of group {self.name!r} stayed full until the deadline"
-                ) from error
-        return slots
+        except BaseException:
+            router.forget(slots)
+            raise
+        try:
+            for target, (chunks, nbytes) in encoded:
+                if target == TARGET_ALL or not slots[ranks.index(target)].done:
+                    runtime.end.requests.send(chunks, nbytes, deadline=deadline, wake=target)
+        except TimeoutError as error:
+            router.forget(slots)
+            raise CallTimeoutError(
+                f"the request ring of group {self.name!r} stayed full until the deadline"
+            ) from error
 
     def _call_slots(
         self,

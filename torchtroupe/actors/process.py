@@ -78,23 +78,31 @@ def start_context(start_method: str, preload: Sequence[str] = ()) -> BaseContext
 
 @dataclass(slots=True)
 class RankProcess:
-    """One incarnation of one rank, as the caller sees it."""
+    """One incarnation of one rank, as the caller sees it.
+
+    Attributes:
+        rank: The rank.
+        process: The multiprocessing process (closed once reaped by :func:`stop`).
+        death_pipe: Write end of the rank's death pipe; only this process holds it.
+        pid: The process id.
+        sentinel: Becomes readable when the process ends.
+        reaped_exitcode: The exit code, once :func:`stop` reaped the process.
+    """
 
     rank: int
     process: BaseProcess
     death_pipe: Connection
+    pid: int
+    sentinel: int
+    reaped_exitcode: int | None = None
+    reaped: bool = False
 
     @property
-    def pid(self) -> int:
-        """The process id."""
-        pid = self.process.pid
-        assert pid is not None  # set by start()
-        return pid
-
-    @property
-    def sentinel(self) -> int:
-        """Becomes readable when the process ends."""
-        return self.process.sentinel
+    def exitcode(self) -> int | None:
+        """The exit code (negative: killed by that signal), or None while running."""
+        if self.reaped:
+            return self.reaped_exitcode
+        return self.process.exitcode
 
 
 def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
@@ -111,13 +119,15 @@ def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
         process.start()
     finally:
         reader.close()
-    return RankProcess(boot.rank, process, writer)
+    assert process.pid is not None  # set by start()
+    return RankProcess(boot.rank, process, writer, process.pid, process.sentinel)
 
 
 def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
     """Ends ``ranks``: waits ``graceful_s`` for them to exit (a STOP request was
     sent already, or they are dying), then SIGTERM, then SIGKILL, and reaps all.
     """
+    ranks = [rank for rank in ranks if not rank.reaped]
     deadline = time.monotonic() + graceful_s
     _wait_exited(ranks, deadline)
     for signal_number in (signal.SIGTERM, signal.SIGKILL):
@@ -129,6 +139,8 @@ def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
         _wait_exited(alive, time.monotonic() + _KILL_WAIT_S)
     for rank in ranks:
         rank.process.join()
+        rank.reaped_exitcode = rank.process.exitcode
+        rank.reaped = True
         rank.process.close()
         rank.death_pipe.close()
 

@@ -66,6 +66,7 @@ class RankBoot:
     master_port: int
     distributed: str | None
     supervisor_pid: int
+    signal_supervisor: bool
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -117,8 +118,9 @@ class RankRuntime:
         try:
             self.reply(Reply(NO_SEQ, FATAL, reason))
         finally:
-            with contextlib.suppress(OSError):
-                os.kill(self.boot.supervisor_pid, signal.SIGUSR1)
+            if self.boot.signal_supervisor:
+                with contextlib.suppress(OSError):
+                    os.kill(self.boot.supervisor_pid, signal.SIGUSR1)
             os._exit(FATAL_EXIT_CODE)
 
     def build_actor(self) -> None:

@@ -33,7 +33,8 @@ from ..errors import (
 from ..supervision.events import EventLog, SupervisionEvent
 from ..supervision.monitor import Monitor
 from ..supervision.policy import RestartPolicy, SpawnOptions
-from ..transport.codec import Encoder, dumps_by_value
+from ..supervision.signals import handlers_installed
+from ..transport.codec import TARGET_ALL, Encoder, dumps_by_value
 from ..transport.mailbox import CallerEnd, MailboxLayout
 from ..transport.ring import BROKEN, detach_reader
 from .messages import STOP, Reply, Request
@@ -67,7 +68,7 @@ class GroupRuntime:
         *,
         monitor: Monitor | None = None,
         events: EventLog | None = None,
-        on_give_up: Callable[[SupervisionError], None] | None = None,
+        on_failure: Callable[[BaseException, bool], None] | None = None,
         supervisor_pid: int | None = None,
     ) -> None:
         import os
@@ -78,7 +79,7 @@ class GroupRuntime:
         self.name = options.name or f"{actor_class.__name__}-{next(_group_numbers)}"
         self.device_indices = list(device_indices)
         self.events = events or EventLog()
-        self._on_give_up = on_give_up
+        self.on_failure = on_failure
         self._supervisor_pid = supervisor_pid or os.getpid()
         self._payload = dumps_by_value((actor_class, args, kwargs))
         self._context = start_context(options.start_method, options.preload)
@@ -97,6 +98,7 @@ class GroupRuntime:
         self._failures: list[BaseException] = []
         self._restart_threads: list[threading.Thread] = []
         self.closed = False
+        self._deciding = False
         self._closing = threading.Event()
         self.gave_up: SupervisionError | None = None
         self._owns_monitor = monitor is None
@@ -108,12 +110,12 @@ class GroupRuntime:
     def describe(self, rank: int) -> str:
         """``"Worker rank 2 (pid 41)"``, for notes and messages."""
         process = self.ranks[rank]
-        pid = process.process.pid if process is not None else None
+        pid = process.pid if process is not None else None
         return f"{self.actor_class.__qualname__} rank {rank} (pid {pid}) of group {self.name!r}"
 
     def pids(self) -> list[int | None]:
         """Current pid of each rank (None while a rank has no process)."""
-        return [None if p is None else p.process.pid for p in self.ranks]
+        return [None if p is None else p.pid for p in self.ranks]
 
     # -- starting -------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class GroupRuntime:
                     master_port=self.master_port,
                     distributed=self.options.distributed,
                     supervisor_pid=self._supervisor_pid,
+                    signal_supervisor=handlers_installed(),
                     env=dict(self.options.env),
                 )
                 process = launch(self._context, boot)
@@ -193,17 +196,22 @@ class GroupRuntime:
         """Returns once every rank in ``ranks`` is READY or DEAD for good.
 
         Raises:
-            GroupClosedError, SupervisionError: The group is closed or gave up.
+            GroupClosedError: The group was shut down.
+            SupervisionError: The group gave up while this call waited for a restart.
             CallTimeoutError: A restart did not finish before the deadline.
         """
         states = self.states
-        if all(states[rank] == READY for rank in ranks) and not self.closed:
+        if not self.closed and all(states[rank] == READY for rank in ranks):
             return
+        self.raise_if_closed()
         with self._changed:
             while True:
-                self.raise_if_closed()
+                if self.gave_up is not None:
+                    raise self.gave_up
+                if self.closed:
+                    raise GroupClosedError(f"group {self.name!r} was shut down")
                 if all(
-                    states[r] == READY or (states[r] == DEAD and not self._restarting(r))
+                    states[r] == READY or (states[r] == DEAD and not self._coming_back(r))
                     for r in ranks
                 ):
                     return
@@ -214,15 +222,18 @@ class GroupRuntime:
                     )
                 self._changed.wait(remaining)
 
-    def _restarting(self, rank: int) -> bool:
-        return (
-            self.options.restart is not None
-            and self.gave_up is None
-            and self.deaths[rank] is not None
-        )
+    def wait_changed(self, timeout: float) -> None:
+        """Waits up to ``timeout`` for any rank to change state."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _coming_back(self, rank: int) -> bool:
+        if self._deciding:
+            return True
+        return self.options.restart is not None and self.deaths[rank] is not None
 
     def raise_if_closed(self) -> None:
-        """Raises the error a call to a closed group gets."""
+        """Raises the error a new call to a closed group gets."""
         if self.gave_up is not None:
             raise GroupClosedError(
                 f"group {self.name!r} gave up after too many restarts"
@@ -230,31 +241,49 @@ class GroupRuntime:
         if self.closed:
             raise GroupClosedError(f"group {self.name!r} was shut down")
 
+    # -- signals (see supervision/signals.py) ------------------------------------------
+
+    def poke(self) -> None:
+        """Wakes the monitor thread (a rank sent SIGUSR1)."""
+        self.monitor.poke()
+
+    def stop_on_signal(self) -> None:
+        """Shuts the group down (this process got SIGTERM)."""
+        self.shutdown(self.options.shutdown_s)
+
     # -- deaths ---------------------------------------------------------------------
 
     def router_poke(self) -> None:
         """Monitor-thread hook after a poke (SIGUSR1): collect FATAL reports now."""
-        self.router.note_poke()
+        self.router.drain_now()
 
     def _on_control(self, rank: int, reply: Reply) -> None:
         self._fatal_reasons[rank] = str(reply.value)
 
     def _on_exit(self, rank: int, process: RankProcess) -> None:
         """Monitor thread: ``process`` (rank ``rank``) has ended."""
-        exitcode = process.process.exitcode
+        exitcode = process.exitcode
         with self._changed:
             if self.closed or self.ranks[rank] is not process:
                 return
-        self._fail_rank(rank, process, exitcode, reason=None)
-        self.events.record(
-            SupervisionEvent(
-                "exited", self.name, rank, process.pid, exitcode, describe_exit(exitcode)
+            self._deciding = True
+        try:
+            self._fail_rank(rank, process, exitcode, reason=None)
+            death = self.deaths[rank]
+            assert death is not None
+            self.events.record(
+                SupervisionEvent(
+                    "exited", self.name, rank, process.pid, exitcode, describe_exit(exitcode)
+                )
             )
-        )
-        if self.options.restart is not None:
-            self._apply_policy(rank, self.options.restart)
-        elif self._on_give_up is not None:
-            self._on_give_up(SupervisionError(str(self.deaths[rank]), [self.deaths[rank]]))  # type: ignore[list-item]
+            if self.options.restart is not None:
+                self._apply_policy(rank, self.options.restart)
+            elif self.on_failure is not None:
+                self.on_failure(death, exitcode == 0)
+        finally:
+            with self._changed:
+                self._deciding = False
+                self._changed.notify_all()
 
     def _fail_rank(
         self, rank: int, process: RankProcess, exitcode: int | None, reason: str | None
@@ -284,13 +313,17 @@ class GroupRuntime:
         while self._restart_times and now - self._restart_times[0] > policy.within_s:
             self._restart_times.popleft()
         if len(self._restart_times) > policy.max_restarts:
-            self.give_up(
-                SupervisionError(
-                    f"group {self.name!r} gave up: more than {policy.max_restarts} restarts "
-                    f"within {policy.within_s}s; first failure: {self._failures[0]}",
-                    self._failures,
-                )
+            error = SupervisionError(
+                f"group {self.name!r} gave up: more than {policy.max_restarts} restarts "
+                f"within {policy.within_s}s; first failure: {self._failures[0]}",
+                self._failures,
             )
+            self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
+            if self.on_failure is not None:
+                self.stop_all(graceful_s=0.0, reason="the group's restart policy gave up")
+                self.on_failure(error, False)
+            else:
+                self.fail(error)
             return
         if policy.strategy == "one_for_one":
             targets = [rank]
@@ -298,55 +331,92 @@ class GroupRuntime:
             targets = list(range(self.world_size))
         else:
             targets = list(range(rank, self.world_size))
+        with self._changed:
+            for target in targets:
+                self.states[target] = STARTING
+        self.in_background(self._restart, rank, targets, policy)
+
+    def in_background(self, function: Callable[..., None], *args: object) -> None:
+        """Runs ``function(*args)`` on a restart thread that shutdown() joins."""
         thread = threading.Thread(
-            target=self._restart,
-            args=(rank, targets, policy),
-            name=f"torchtroupe-restart-{self.name}",
+            target=function, args=args, name=f"torchtroupe-restart-{self.name}", daemon=True
         )
+        self._restart_threads = [t for t in self._restart_threads if t.is_alive()]
         self._restart_threads.append(thread)
         thread.start()
 
     def _restart(self, dead_rank: int, targets: list[int], policy: RestartPolicy) -> None:
-        siblings = [r for r in targets if r != dead_rank and self.states[r] != DEAD]
+        siblings = [r for r in targets if r != dead_rank]
         self._stop_ranks(
             siblings, graceful_s=0.0, reason=f"restarted with rank {dead_rank} ({policy.strategy})"
         )
-        with self._changed:
-            for rank in targets:
-                self.states[rank] = STARTING
-            self._changed.notify_all()
         if policy.backoff_s and self._closing.wait(policy.backoff_s):
             return
         self.events.record(
             SupervisionEvent("restarting", self.name, dead_rank, detail=policy.strategy)
         )
+        self._start_again(targets)
+
+    def _start_again(self, targets: Sequence[int]) -> bool:
         if self.options.distributed is not None:
-            self.master_port = _free_port()
+            self.master_port = _free_port()  # a new process group needs a fresh store
         try:
             self.start(targets, self.options.timeout)
-        except ActorInitError as error:
+        except (ActorInitError, GroupClosedError) as error:
             if not self.closed:
-                self.give_up(
-                    SupervisionError(
-                        f"group {self.name!r} could not restart: {error}", [*self._failures, error]
-                    )
+                failure = SupervisionError(
+                    f"group {self.name!r} could not restart: {error}", [*self._failures, error]
                 )
-            return
+                if self.on_failure is not None:
+                    self.on_failure(failure, False)
+                else:
+                    self.fail(failure)
+            return False
         for rank in targets:
-            self.events.record(SupervisionEvent("restarted", self.name, rank, self.ranks[rank].pid))  # type: ignore[union-attr]
+            process = self.ranks[rank]
+            self.events.record(
+                SupervisionEvent("restarted", self.name, rank, process.pid if process else None)
+            )
+        return True
 
-    def give_up(self, error: SupervisionError) -> None:
-        """Stops every rank and fails the group: waiting and later calls get errors."""
+    def restart_all(self, graceful_s: float, reason: str) -> bool:
+        """Stops every rank and starts them all again (a supervisor's restart).
+
+        Returns:
+            True if every rank is serving again.
+        """
+        self.stop_all(graceful_s, reason)
+        self._restart_times.clear()
+        return self._start_again(range(self.world_size))
+
+    def mark_restarting(self) -> None:
+        """Makes new calls wait: a supervisor is about to restart this group."""
+        with self._changed:
+            for rank in range(self.world_size):
+                self.states[rank] = STARTING
+            self._changed.notify_all()
+
+    def stop_all(self, graceful_s: float, reason: str) -> None:
+        """Stops every rank, failing their calls in flight; calls made meanwhile wait."""
+        with self._changed:
+            for rank in range(self.world_size):
+                self.states[rank] = STARTING
+            self._changed.notify_all()
+        self._stop_ranks(range(self.world_size), graceful_s=graceful_s, reason=reason)
+        with self._changed:
+            for rank in range(self.world_size):
+                self.states[rank] = STARTING
+
+    def fail(self, error: SupervisionError) -> None:
+        """Gives the group up: stops every rank; waiting calls get ``error``, later
+        calls GroupClosedError."""
         with self._changed:
             if self.gave_up is not None or self.closed:
                 return
             self.gave_up = error
             self._changed.notify_all()
-        self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
         self._stop_ranks(range(self.world_size), graceful_s=0.0, reason="the group gave up")
         self.router.fail_all(lambda slot: error)
-        if self._on_give_up is not None:
-            self._on_give_up(error)
 
     # -- stopping -------------------------------------------------------------------
 
@@ -358,13 +428,33 @@ class GroupRuntime:
                 continue
             self.monitor.unwatch(process.sentinel)
             victims.append((rank, process))
+        if graceful_s > 0 and victims:
+            self._send_stop(graceful_s, [rank for rank, _ in victims])
         stop([process for _, process in victims], graceful_s=graceful_s)
         for rank, process in victims:
             if self.states[rank] != DEAD:
-                self._fail_rank(rank, process, process.process.exitcode, reason)
+                self._fail_rank(rank, process, process.exitcode, reason)
             with self._changed:
                 if self.ranks[rank] is process:
                     self.ranks[rank] = None
+
+    def _send_stop(self, timeout: float, ranks: Sequence[int]) -> None:
+        # A signal handler may run this while the interrupted thread holds the lock.
+        if not self.send_lock.acquire(timeout=min(timeout, 1.0)):
+            return
+        try:
+            targets = [TARGET_ALL] if len(ranks) == self.world_size else list(ranks)
+            for target in targets:
+                self.encoder.send(
+                    self.end.requests,
+                    Request(0, STOP, "", (), {}),
+                    target=target,
+                    deadline=time.monotonic() + min(timeout, 1.0),
+                )
+        except Exception:
+            pass  # the ranks are stopped by signal instead
+        finally:
+            self.send_lock.release()
 
     def shutdown(self, timeout: float) -> None:
         """Graceful stop (STOP request), then SIGTERM, SIGKILL; reaps everything."""
@@ -374,24 +464,12 @@ class GroupRuntime:
             self.closed = True
             self._closing.set()
             self._changed.notify_all()
-        live = [
-            r
-            for r in range(self.world_size)
-            if self.ranks[r] is not None and self.states[r] == READY
-        ]
-        if live:
-            try:
-                with self.send_lock:
-                    self.encoder.send(
-                        self.end.requests,
-                        Request(0, STOP, "", (), {}),
-                        deadline=time.monotonic() + min(timeout, 1.0),
-                    )
-            except Exception:
-                pass  # the ranks are stopped by signal instead
         for thread in self._restart_threads:
             if thread is not threading.current_thread():
                 thread.join()
+        live = [r for r in range(self.world_size) if self.ranks[r] is not None]
+        if live and timeout > 0:
+            self._send_stop(timeout, live)
         processes = [p for p in self.ranks if p is not None]
         for process in processes:
             self.monitor.unwatch(process.sentinel)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
 from ..supervision.events import EventCallback, EventLog
+from ..supervision.monitor import Monitor
 from ..supervision.policy import RestartPolicy, SpawnOptions
+from ..supervision.signals import register as register_with_signals
 from .actor import Actor
 from .group import ActorGroup
 from .runtime import GroupRuntime
@@ -111,15 +113,38 @@ def spawn(
         )
     except ValidationError as error:
         raise ValueError(f"invalid spawn() options:\n{error}") from None
+    return start_group(actor_class, tuple(args), dict(kwargs or {}), options, on_event=on_event)
+
+
+def start_group(
+    actor_class: type[Actor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: SpawnOptions,
+    *,
+    on_event: EventCallback | None = None,
+    events: EventLog | None = None,
+    monitor: Monitor | None = None,
+    on_failure: Callable[[BaseException, bool], None] | None = None,
+) -> ActorGroup:
+    """Builds a group's runtime and starts all its ranks (used by spawn and Supervisor).
+
+    A group without a supervisor (``on_failure`` None) is its own tree: it is put
+    under the SIGUSR1/SIGTERM handlers.
+    """
     device_indices = resolve_devices(options.devices, options.world_size)
     runtime = GroupRuntime(
         actor_class,
-        tuple(args),
-        dict(kwargs or {}),
+        args,
+        kwargs,
         options,
         device_indices,
-        events=EventLog(on_event),
+        events=events or EventLog(on_event),
+        monitor=monitor,
+        on_failure=on_failure,
     )
+    if on_failure is None:
+        register_with_signals(runtime)
     try:
         runtime.start(range(options.world_size), options.timeout)
     except BaseException:

@@ -1,0 +1,370 @@
+"""``Supervisor``: an Erlang/OTP supervisor whose children are groups or supervisors.
+
+Runs in the supervising process: decisions are taken on the tree's monitor thread,
+and restarts run on a restart thread, so the monitor keeps watching meanwhile.
+
+The rules, as in OTP:
+
+* Children start in order and stop in reverse order, each given its
+  ``shutdown_s`` between the graceful stop and SIGTERM (then SIGKILL).
+* A child that fails is handled by its restart type: ``permanent`` is always
+  restarted, ``transient`` only after an abnormal exit (a rank exiting with code 0
+  is normal), ``temporary`` never.
+* Strategy: ``one_for_one`` restarts the failed child; ``one_for_all`` stops the
+  others (reverse order) and restarts all (in order); ``rest_for_one`` does that for
+  the failed child and those started after it.
+* Intensity: more than ``max_restarts`` restarts within ``within_s`` seconds and the
+  supervisor stops all its children and fails to its parent, which applies its own
+  strategy. At the root, waiting callers get :class:`SupervisionError` (every
+  failure, root cause first) and later calls :class:`GroupClosedError`. Inside a
+  rank, the root escalates further by ending that rank with ``tt.fatal``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from ..actors.actor import fatal_hook
+from ..errors import SupervisionError
+from .events import EventCallback, EventLog, SupervisionEvent
+from .monitor import Monitor
+from .policy import ChildSpec, SpawnOptions, Strategy, SupervisorSpec
+from .signals import register as register_with_signals
+
+if TYPE_CHECKING:
+    from ..actors.group import ActorGroup  # the actors package imports this one
+
+
+@dataclass(slots=True)
+class _Child:
+    spec: ChildSpec | SupervisorSpec
+    group: ActorGroup | None = None
+    supervisor: Supervisor | None = None
+    running: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Supervisor:
+    """A supervisor of groups and nested supervisors.
+
+    Args:
+        strategy: ``one_for_one``, ``one_for_all`` or ``rest_for_one``.
+        max_restarts: Restarts allowed within ``within_s`` before giving up.
+        within_s: The intensity window, in seconds.
+        children: :class:`ChildSpec` (a group) or :class:`SupervisorSpec` entries,
+            started in this order.
+        name: The supervisor's name in logs and events.
+        on_event: Called with every event of the tree (on the monitor thread).
+
+    Raises:
+        ValueError: A bad configuration value (the message names the field).
+        ActorInitError: A child failed to start; those started are stopped again.
+
+    Example:
+        >>> with tt.Supervisor(strategy="one_for_all", children=[
+        ...     tt.ChildSpec(name="trainer", actor=Trainer, world_size=2),
+        ...     tt.ChildSpec(name="rollout", actor=Rollout, world_size=4),
+        ... ]) as sup:
+        ...     sup["trainer"].broadcast("step")
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        within_s: float = 60.0,
+        children: Sequence[ChildSpec | SupervisorSpec] = (),
+        *,
+        name: str = "supervisor",
+        on_event: EventCallback | None = None,
+    ) -> None:
+        try:
+            spec = SupervisorSpec.model_validate(
+                {
+                    "name": name,
+                    "strategy": strategy,
+                    "max_restarts": max_restarts,
+                    "within_s": within_s,
+                    "children": tuple(children),
+                }
+            )
+        except ValidationError as error:
+            raise ValueError(f"invalid Supervisor configuration:\n{error}") from None
+        self._setup(spec, None, EventLog(on_event), None)
+        register_with_signals(self)
+        self._start_children(self._children)
+
+    @classmethod
+    def _nested(cls, spec: SupervisorSpec, parent: Supervisor) -> Supervisor:
+        supervisor = cls.__new__(cls)
+        supervisor._setup(spec, parent, parent._events, parent._monitor)
+        supervisor._start_children(supervisor._children)
+        return supervisor
+
+    def _setup(
+        self,
+        spec: SupervisorSpec,
+        parent: Supervisor | None,
+        events: EventLog,
+        monitor: Monitor | None,
+    ) -> None:
+        names = [child.name for child in spec.children]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"children of supervisor {spec.name!r} need unique names: {duplicates}"
+            )
+        self._spec = spec
+        self._parent = parent
+        self._events = events
+        self._owns_monitor = monitor is None
+        self._monitor = monitor or Monitor(f"torchtroupe-supervisor-{spec.name}", self._poke_groups)
+        self._children = [_Child(child) for child in spec.children]
+        self._lock = threading.RLock()
+        self._restart_times: deque[float] = deque()
+        self._failures: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.gave_up: SupervisionError | None = None
+
+    # -- access ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The supervisor's name."""
+        return self._spec.name
+
+    @property
+    def events(self) -> list[SupervisionEvent]:
+        """Every event of the tree so far."""
+        return self._events.events
+
+    def __getitem__(self, name: str) -> Any:
+        """The child named ``name``: an :class:`ActorGroup` or a nested ``Supervisor``."""
+        for child in self._children:
+            if child.name == name:
+                return child.group if child.group is not None else child.supervisor
+        known = ", ".join(child.name for child in self._children)
+        raise KeyError(f"supervisor {self.name!r} has no child {name!r}; its children: {known}")
+
+    def groups(self) -> list[ActorGroup]:
+        """Every group in this subtree, in start order."""
+        found: list[ActorGroup] = []
+        for child in self._children:
+            if child.group is not None:
+                found.append(child.group)
+            elif child.supervisor is not None:
+                found.extend(child.supervisor.groups())
+        return found
+
+    # -- starting and stopping children -----------------------------------------------
+
+    def _start_children(self, children: Sequence[_Child]) -> None:
+        started: list[_Child] = []
+        try:
+            for child in children:
+                self._start_child(child)
+                started.append(child)
+        except BaseException:
+            for child in reversed(started):
+                self._stop_child(child, "a sibling failed to start")
+            raise
+
+    def _start_child(self, child: _Child) -> None:
+        spec = child.spec
+        if isinstance(spec, SupervisorSpec):
+            if child.supervisor is None:
+                child.supervisor = Supervisor._nested(spec, self)
+            else:
+                child.supervisor._restart_times.clear()
+                child.supervisor._start_children(child.supervisor._children)
+        elif child.group is None:
+            from ..actors.spawn import start_group  # spawn imports this package
+
+            try:
+                options = SpawnOptions.model_validate(
+                    {
+                        "world_size": spec.world_size,
+                        "name": spec.name,
+                        "shutdown_s": spec.shutdown_s,
+                    }
+                    | spec.spawn
+                )
+            except ValidationError as error:
+                raise ValueError(
+                    f"invalid spawn options of child {spec.name!r}:\n{error}"
+                ) from None
+            child.group = start_group(
+                spec.actor,
+                spec.args,
+                dict(spec.kwargs),
+                options,
+                events=self._events,
+                monitor=self._monitor,
+                on_failure=partial(self._child_failed, child),
+            )
+        else:
+            runtime = child.group._runtime
+            if not runtime.restart_all(spec.shutdown_s, "restarted by its supervisor"):
+                raise runtime.gave_up or SupervisionError(f"child {spec.name!r} did not restart")
+        child.running = True
+
+    def _stop_child(self, child: _Child, reason: str) -> None:
+        child.running = False
+        if child.group is not None:
+            child.group._runtime.stop_all(child.spec.shutdown_s, reason)
+        elif child.supervisor is not None:
+            for grandchild in reversed(child.supervisor._children):
+                child.supervisor._stop_child(grandchild, reason)
+
+    # -- failures -------------------------------------------------------------------
+
+    def _child_failed(self, child: _Child, error: BaseException, normal: bool) -> None:
+        """A child failed (monitor or restart thread). Decide, then act in background."""
+        with self._lock:
+            if self._closed or self.gave_up is not None:
+                return
+            restart = child.spec.restart
+            if restart == "temporary" or (restart == "transient" and normal):
+                self._events.record(
+                    SupervisionEvent("stopped", child.name, detail=f"{restart} child not restarted")
+                )
+                child.running = False
+                return
+            self._failures.append(error)
+            now = time.monotonic()
+            self._restart_times.append(now)
+            while self._restart_times and now - self._restart_times[0] > self._spec.within_s:
+                self._restart_times.popleft()
+            if len(self._restart_times) > self._spec.max_restarts:
+                for group in self._root().groups():
+                    group._runtime.mark_restarting()  # calls wait for the verdict
+                self._background(self._give_up)
+                return
+            index = self._children.index(child)
+            if self._spec.strategy == "one_for_one":
+                affected = [child]
+            elif self._spec.strategy == "one_for_all":
+                affected = list(self._children)
+            else:
+                affected = self._children[index:]
+            for each in affected:
+                if each.group is not None:
+                    each.group._runtime.mark_restarting()
+            self._background(self._restart, child, affected)
+
+    def _background(self, function: Any, *args: Any) -> None:
+        thread = threading.Thread(
+            target=function, args=args, name=f"torchtroupe-supervisor-{self.name}", daemon=True
+        )
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _restart(self, failed: _Child, affected: list[_Child]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            reason = (
+                f"restarted by supervisor {self.name!r} ({self._spec.strategy}) "
+                f"after {failed.name!r} failed"
+            )
+            for child in reversed(affected):
+                self._stop_child(child, reason)
+            self._events.record(SupervisionEvent("restarting", failed.name, detail=reason))
+            try:
+                self._start_children(affected)
+            except Exception as error:
+                self._failures.append(error)
+                self._give_up()
+
+    def _give_up(self) -> None:
+        with self._lock:
+            if self._closed or self.gave_up is not None:
+                return
+            failures = _flatten(self._failures)
+            error = SupervisionError(
+                f"supervisor {self.name!r} gave up: more than {self._spec.max_restarts} restarts "
+                f"within {self._spec.within_s}s; root cause: {failures[0] if failures else '?'}",
+                failures,
+            )
+            self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
+            for child in reversed(self._children):
+                self._stop_child(child, "its supervisor gave up")
+            if self._parent is not None:
+                parent_child = next(c for c in self._parent._children if c.supervisor is self)
+                self._parent._child_failed(parent_child, error, False)
+                return
+            self.gave_up = error
+            for group in self.groups():
+                group._runtime.fail(error)
+        if fatal_hook.handler is not None:
+            fatal_hook.handler(f"a supervision tree in this rank gave up: {error}")
+
+    def _root(self) -> Supervisor:
+        return self if self._parent is None else self._parent._root()
+
+    # -- signals and shutdown -------------------------------------------------------
+
+    def _poke_groups(self) -> None:
+        for group in self.groups():
+            group._runtime.router_poke()
+
+    def poke(self) -> None:
+        """Wakes the tree's monitor (SIGUSR1 from a rank)."""
+        self._monitor.poke()
+
+    def stop_on_signal(self) -> None:
+        """Stops the tree (SIGTERM)."""
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stops every child in reverse start order, each within its ``shutdown_s``.
+
+        Outstanding calls fail with GroupClosedError. Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        for child in reversed(self._children):
+            if child.group is not None:
+                child.group.shutdown(child.spec.shutdown_s)
+            elif child.supervisor is not None:
+                child.supervisor.shutdown()
+        if self._owns_monitor:
+            self._monitor.close()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        names = ", ".join(child.name for child in self._children)
+        return f"<Supervisor {self.name!r} {self._spec.strategy} [{names}]>"
+
+
+def _flatten(failures: list[BaseException]) -> list[BaseException]:
+    flat: list[BaseException] = []
+    for failure in failures:
+        if isinstance(failure, SupervisionError) and failure.failures:
+            flat.extend(_flatten(list(failure.failures)))
+        else:
+            flat.append(failure)
+    return flat
