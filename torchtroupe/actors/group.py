@@ -362,5 +362,20 @@ class ActorRef:
         slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, _deadline(timeout))
         return group._future(slots, lambda s: s[0].outcome())
 
+    def run(
+        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Runs ``function(actor, *args, **kwargs)`` on this rank only (cloudpickled)."""
+        return self.run_async(function, *args, **kwargs).result(timeout)
+
+    def run_async(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        """Like :meth:`run`, returning a :class:`concurrent.futures.Future`."""
+        if not callable(function):
+            raise TypeError(f"run() needs a callable, not {type(function).__name__}")
+        group = self._group
+        name = getattr(function, "__qualname__", repr(function))
+        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, None)
+        return group._future(slots, lambda s: s[0].outcome())
+
     def __repr__(self) -> str:
         return f"<ActorRef rank {self.rank} of {self._group.name!r} pid {self.pid}>"
