@@ -18,7 +18,9 @@ appended after the pickle bytes; the message writer copies those bytes from the
 tensor's memory straight into the ring, and the reader copies them from the ring
 straight into a fresh tensor: one copy on each side, no intermediate ``bytes``.
 Views of one storage stay views of one storage after the trip. CUDA tensors go
-through torch's own reduction (a CUDA IPC handle, no copy of device memory).
+through torch's own reduction (a CUDA IPC handle, no copy of device memory); a
+CUDA tensor that this process itself received from another one cannot be
+re-exported by CUDA IPC, so it is cloned once on its device and the clone sent.
 Functions and classes that cannot be imported by name in the receiver (defined in
 ``__main__``, in a notebook, or locally) are pickled by value with cloudpickle.
 """
@@ -126,13 +128,25 @@ class _Pickler(pickle.Pickler):
             return (pickle.loads, (dumps_by_value(obj),))
         return NotImplemented
 
+    def _reduce_cuda(self, tensor: torch.Tensor) -> Any:
+        try:
+            return reduce_tensor(tensor)  # type: ignore[no-untyped-call]
+        except RuntimeError as error:
+            if "received from another process" not in str(error):
+                raise
+        # CUDA IPC cannot re-export memory this process imported: copy it once on the
+        # device, and send the copy by handle (see Note [Tensors in the codec]).
+        copy = tensor.clone()
+        self.keepalive.append(copy)
+        return reduce_tensor(copy)  # type: ignore[no-untyped-call]
+
     def _reduce_tensor(self, tensor: torch.Tensor) -> Any:
         if type(tensor) is torch.nn.Parameter:
             return (_rebuild_parameter, (tensor.data, tensor.requires_grad))
         if type(tensor) is not torch.Tensor:
             return NotImplemented
         if tensor.is_cuda:
-            return reduce_tensor(tensor)  # type: ignore[no-untyped-call]
+            return self._reduce_cuda(tensor)
         if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized:
             return NotImplemented
         if tensor.is_conj() or tensor.is_neg():
@@ -191,8 +205,10 @@ class Encoder:
         pickler.reset()
         try:
             pickler.dump(obj)
-        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
-            raise TypeError(f"torchtroupe cannot send this value: {error}") from error
+        except Exception as error:
+            raise TypeError(
+                f"torchtroupe cannot send this value: {type(error).__name__}: {error}"
+            ) from error
         finally:
             pickler.clear_memo()
         payload = buffer.getvalue()

@@ -1,0 +1,187 @@
+"""GPU benchmark: calls to GPU ranks, CUDA tensors by handle, NCCL group restarts.
+
+Run on a machine with CUDA (``bench/gpu_suite.sh`` runs it on the lent GPU
+machines): ``python -m bench.gpu [--quick] [--markdown-out FILE] [--no-doc]``.
+Every number is measured beside its baseline in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+import torchtroupe as tt
+from bench.common import machine_markdown, markdown_table, median, percentile, replace_section, say
+from tests.gpu.gpu_actors import CudaWorker
+
+
+def _pipe_echo(connection: Connection) -> None:
+    while True:
+        message = connection.recv()
+        if message is None:
+            return
+        connection.send(message)
+
+
+def time_calls(function: Callable[[], object], count: int) -> list[float]:
+    """Seconds per call of ``function``, after a warm-up."""
+    for _ in range(max(10, count // 10)):
+        function()
+    samples = []
+    for _ in range(count):
+        begin = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - begin)
+    return samples
+
+
+def pipe_baseline(count: int) -> list[float]:
+    """A multiprocessing.Pipe echo worker: the classic baseline."""
+    parent, child = multiprocessing.get_context("forkserver").Pipe()
+    worker = multiprocessing.get_context("forkserver").Process(target=_pipe_echo, args=(child,))
+    worker.start()
+    try:
+        return time_calls(lambda: (parent.send(("noop", ())), parent.recv()), count)
+    finally:
+        parent.send(None)
+        worker.join()
+
+
+def call_and_broadcast(world_sizes: list[int], count: int) -> list[list[object]]:
+    rows: list[list[object]] = []
+    pipe = median(pipe_baseline(count)) * 1e6
+    rows.append(["multiprocessing.Pipe echo", 1, pipe, "—", "1.0"])
+    for world_size in world_sizes:
+        with tt.spawn(CudaWorker, world_size=world_size, devices="cuda") as group:
+            if world_size == 1:
+                calls = time_calls(lambda: group[0].call("pid"), count)
+                rows.append(
+                    [
+                        "torchtroupe call",
+                        1,
+                        median(calls) * 1e6,
+                        percentile(calls, 99) * 1e6,
+                        f"{pipe / (median(calls) * 1e6):.1f}",
+                    ]
+                )
+            casts = time_calls(lambda: group.broadcast("pid"), count)
+            rows.append(
+                [
+                    "torchtroupe broadcast",
+                    world_size,
+                    median(casts) * 1e6,
+                    percentile(casts, 99) * 1e6,
+                    f"{pipe / (median(casts) * 1e6):.1f}",
+                ]
+            )
+    return rows
+
+
+def cuda_transfers(sizes_mib: list[int], count: int) -> list[list[object]]:
+    """A CUDA tensor to a rank on the same GPU, and a rank's CUDA tensor back."""
+    rows: list[list[object]] = []
+    with tt.spawn(CudaWorker, world_size=1, devices="cuda") as group:
+        for size in sizes_mib:
+            n = size << 18  # float32: size MiB
+            tensor = torch.ones(n, device="cuda:0")
+            to_rank = time_calls(lambda t=tensor: group[0].call("shape", t), count)
+            back = time_calls(lambda n=n: group[0].call("stored", n), count)
+            copy = time_calls(lambda t=tensor: (t.clone(), torch.cuda.synchronize()), count)
+            rows.append(
+                [f"{size} MiB", median(to_rank) * 1e6, median(back) * 1e6, median(copy) * 1e6]
+            )
+            del tensor
+            group[0].call("stored", 1)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def nccl_restarts(world_size: int, kills: int) -> list[float]:
+    """Seconds from SIGKILL of one rank to a working all-reduce in the new NCCL group."""
+    restarted = threading.Event()
+    seen = [0]
+
+    def on_event(event: tt.SupervisionEvent) -> None:
+        if event.kind == "restarted":
+            seen[0] += 1
+            if seen[0] % world_size == 0:
+                restarted.set()
+
+    policy = tt.RestartPolicy(strategy="one_for_all", max_restarts=kills + 1, within_s=3600)
+    samples = []
+    with tt.spawn(
+        CudaWorker,
+        world_size=world_size,
+        devices="cuda",
+        distributed="nccl",
+        restart=policy,
+        on_event=on_event,
+    ) as group:
+        group.broadcast("all_reduce", 1.0, timeout=120)
+        for _ in range(kills):
+            restarted.clear()
+            begin = time.perf_counter()
+            tt.testing.kill_rank(group, world_size - 1)
+            if not restarted.wait(120):
+                raise RuntimeError("the NCCL group did not restart within 120 s")
+            result = group.broadcast("all_reduce", 1.0, timeout=120)
+            samples.append(time.perf_counter() - begin)
+            assert result == [float(world_size)] * world_size
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown-out", type=Path)
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        raise SystemExit("bench.gpu needs CUDA")
+    count = 300 if args.quick else 3000
+    world_sizes = sorted({1, *[n for n in (2, 4) if n <= gpus], 2 * gpus if gpus >= 2 else 2})
+    say(f"GPUs: {gpus} x {torch.cuda.get_device_name(0)}; cores: {os.cpu_count()}")
+    calls = call_and_broadcast(world_sizes, count)
+    sizes = [1, 16, 256] if args.quick else [1, 16, 256, 1024]
+    tensors = cuda_transfers(sizes, 20 if args.quick else 100)
+    restart_world = min(4, gpus) if gpus >= 2 else 1
+    restarts = nccl_restarts(restart_world, 2 if args.quick else 5) if gpus >= 2 else []
+    body = "\n\n".join(
+        [
+            "## GPU",
+            f"Machine: {machine_markdown()}; {gpus} x {torch.cuda.get_device_name(0)}.",
+            'No-op calls to ranks on GPUs (`devices="cuda"`; more ranks than GPUs share them), '
+            "beside a `multiprocessing.Pipe` echo in the same run:",
+            markdown_table(["what", "ranks", "median µs", "p99 µs", "Pipe / this"], calls),
+            "CUDA tensor sent to a rank on the same GPU and returned (IPC handles both ways), "
+            "beside a device-to-device clone of the same tensor:",
+            markdown_table(
+                ["tensor", "round trip median µs", "p99 µs", "clone median µs"], tensors
+            ),
+            (
+                f"Restart of a {restart_world}-rank NCCL group, `one_for_all` (SIGKILL of one rank "
+                f"→ a new process group all-reduces correctly), over {len(restarts)} kills: "
+                f"median {median(restarts):.2f} s, max {max(restarts):.2f} s."
+            )
+            if restarts
+            else "NCCL restart: needs 2 or more GPUs.",
+        ]
+    )
+    print(body)
+    if args.markdown_out is not None:
+        args.markdown_out.write_text(body + "\n", encoding="utf-8")
+    if not args.no_doc:
+        replace_section("gpu", body)
+
+
+if __name__ == "__main__":
+    main()
