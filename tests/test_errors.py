@@ -6,29 +6,15 @@ actor's frames in its traceback and a note naming class, rank, pid and endpoint.
 
 from __future__ import annotations
 
-import gc
 import pickle
 import time
 import traceback
-from collections.abc import Iterator
 
 import pytest
 
 import torchtroupe as tt
 from tests.actors.actors_for_tests import Echo, HoldsLockError, KeywordOnlyError
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage_before_leak_check() -> Iterator[None]:
-    """Collects cycles before the suite's leak check, as tests/actors/conftest.py does.
-
-    A shut-down group keeps its mailbox fd open until it is garbage collected, and a
-    caught exception's frames refer to the group; see
-    ``test_shutdown_releases_the_mailbox_shared_memory`` for that bug.
-    """
-    yield
-    gc.collect()
 
 
 def _spawn_two() -> tt.ActorGroup:

@@ -50,6 +50,27 @@ def endpoint(function: F) -> F:
     return function
 
 
+def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
+    """(min, max) positional arguments that surely bind, or None if not that simple."""
+    low = high = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            high = 1 << 30
+        elif parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if parameter.default is parameter.empty:
+                low += 1
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return None  # needs a keyword: let bind() check
+    return low, high
+
+
+@cache
+def positional_ranges(actor_class: type) -> dict[str, tuple[int, int] | None]:
+    """For each endpoint, the positional-argument counts that bind without keywords."""
+    return {name: _positional_range(sig) for name, sig in endpoints_of(actor_class).items()}
+
+
 @cache
 def endpoints_of(actor_class: type) -> dict[str, inspect.Signature]:
     """The endpoints of ``actor_class`` with their signatures (``self`` removed).
@@ -76,6 +97,10 @@ def check_call(actor_class: type, name: str, args: tuple[Any, ...], kwargs: dict
         AttributeError: ``name`` is not an endpoint; the message lists those there are.
         TypeError: The arguments do not fit the endpoint's signature.
     """
+    if not kwargs:
+        simple = positional_ranges(actor_class).get(name)
+        if simple is not None and simple[0] <= len(args) <= simple[1]:
+            return  # the common case, without building a BoundArguments
     endpoints = endpoints_of(actor_class)
     signature = endpoints.get(name)
     if signature is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import CallTimeoutError, GroupError
+from ..errors import CallTimeoutError, GroupClosedError, GroupError
 from ..transport.codec import TARGET_ALL
 from .actor import check_call
 from .messages import CALL, RUN, Request
@@ -133,8 +133,8 @@ class ActorGroup:
         encoded = []
         try:
             for target, request in requests:
-                request = Request(seq, request.kind, request.name, request.args, request.kwargs)
-                encoded.append((target, runtime.encoder.encode(request, target, seq)))
+                wire = (seq, request.kind, request.name, request.args, request.kwargs)
+                encoded.append((target, runtime.encoder.encode(wire, target, seq)))
         except BaseException:
             router.forget(slots)
             raise
@@ -323,8 +323,15 @@ class ActorRef:
     """One rank of a group: ``group[i]``."""
 
     def __init__(self, group: ActorGroup, rank: int) -> None:
-        self._group = group
+        self._group_ref = weakref.ref(group)  # the group holds its refs: no cycle
         self.rank = rank
+
+    @property
+    def _group(self) -> ActorGroup:
+        group = self._group_ref()
+        if group is None:
+            raise GroupClosedError("the group of this ActorRef was garbage collected")
+        return group
 
     @property
     def pid(self) -> int | None:

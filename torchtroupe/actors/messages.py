@@ -15,17 +15,20 @@ taken for the answer to another::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CALL, RUN, STOP = 1, 2, 3
 RESULT, ERROR, READY, FATAL, STOPPED = 1, 2, 3, 4, 5
 NO_SEQ = -1
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One request to a rank (or to all ranks)."""
+class Request(NamedTuple):
+    """One request to a rank (or to all ranks).
+
+    A named tuple rather than a dataclass: it is built and read once per call on
+    the hot path, and it crosses the ring as a plain tuple (``tuple(request)``), so
+    pickling it looks up no class.
+    """
 
     seq: int
     kind: int
@@ -33,17 +36,10 @@ class Request:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Request, (self.seq, self.kind, self.name, self.args, self.kwargs))
 
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A rank's answer to the request numbered ``seq``."""
+class Reply(NamedTuple):
+    """A rank's answer to the request numbered ``seq`` (a plain tuple on the wire)."""
 
     seq: int
     kind: int
     value: Any
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Reply, (self.seq, self.kind, self.value))

@@ -105,12 +105,12 @@ class RankRuntime:
     def reply(self, reply: Reply) -> None:
         """Sends ``reply``; a value that cannot be pickled becomes an error reply."""
         try:
-            chunks, nbytes = self.encoder.encode(reply, tag=reply.seq)
+            chunks, nbytes = self.encoder.encode(tuple(reply), tag=reply.seq)
         except TypeError as error:
             failure = capture(
                 TypeError(f"the result could not be sent back to the caller: {error}")
             )
-            chunks, nbytes = self.encoder.encode(Reply(reply.seq, ERROR, failure), tag=reply.seq)
+            chunks, nbytes = self.encoder.encode((reply.seq, ERROR, failure), tag=reply.seq)
         self.end.replies.send(chunks, nbytes, deadline=None)
 
     def die(self, reason: str) -> NoReturn:
@@ -151,7 +151,7 @@ class RankRuntime:
                 message.finish()
                 continue
             try:
-                request: Request = decode(message)
+                request = Request._make(decode(message))
             except MessageAbortedError:
                 continue
             except Exception as error:

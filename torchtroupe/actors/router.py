@@ -98,6 +98,7 @@ class ReplyRouter:
         self._pending: dict[int, CallSlot] = {}
         self._readable = [False] * end.layout.world_size
         self._deaths: list[tuple[int, ActorDiedError, threading.Event]] = []
+        self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
         self._async_thread: threading.Thread | None = None
         self._closed = False
@@ -156,20 +157,27 @@ class ReplyRouter:
                             if deadline is None
                             else max(0.0, min(_SLICE_S, deadline - time.monotonic()))
                         )
-                        self._changed.wait(timeout)
+                        self._sleepers += 1
+                        try:
+                            self._changed.wait(timeout)
+                        finally:
+                            self._sleepers -= 1
+
+    def _notify(self) -> None:
+        if self._sleepers:
+            with self._changed:
+                self._changed.notify_all()
 
     def _release_pump(self) -> None:
         self._pump.release()
-        with self._changed:
-            self._changed.notify_all()
+        self._notify()
         # A death queued while we were letting go must not wait for the next caller.
         if self._deaths and self._pump.acquire(blocking=False):
             try:
                 self._drain()
             finally:
                 self._pump.release()
-                with self._changed:
-                    self._changed.notify_all()
+                self._notify()
 
     def _pump_once(self, deadline: float | None) -> bool:
         """Drains once, or waits for something to drain. False once the deadline passed."""
@@ -215,7 +223,7 @@ class ReplyRouter:
             progressed = True
             _, tag = peek_target(message)
             try:
-                reply = decode(message)
+                reply = Reply._make(decode(message))
             except MessageAbortedError:
                 continue
             except (ChannelBrokenError, ChannelClosedError):
@@ -243,8 +251,7 @@ class ReplyRouter:
             slot.resolve(reply.value, None)
         else:
             slot.resolve(reply, None)
-        with self._changed:
-            self._changed.notify_all()
+        self._notify()
 
     # -- deaths ---------------------------------------------------------------------
 
@@ -312,7 +319,11 @@ class ReplyRouter:
         while True:
             with self._changed:
                 while not self._closed and (self._async_outstanding <= 0 or self._pump.locked()):
-                    self._changed.wait(_SLICE_S)
+                    self._sleepers += 1
+                    try:
+                        self._changed.wait(_SLICE_S)
+                    finally:
+                        self._sleepers -= 1
                 if self._closed:
                     return
             if self._pump.acquire(blocking=False):

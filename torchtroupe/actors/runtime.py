@@ -298,11 +298,11 @@ class GroupRuntime:
             group=self.name,
             reason=self._fatal_reasons.pop(rank, None) or reason,
         )
-        self.router.note_death(rank, error).wait()
-        with self._changed:
+        with self._changed:  # dead before its calls fail: a caller that catches sees it
             self.states[rank] = DEAD
             self.deaths[rank] = error
             self._changed.notify_all()
+        self.router.note_death(rank, error).wait()
 
     # -- restarts -------------------------------------------------------------------
 
@@ -447,7 +447,7 @@ class GroupRuntime:
             for target in targets:
                 self.encoder.send(
                     self.end.requests,
-                    Request(0, STOP, "", (), {}),
+                    tuple(Request(0, STOP, "", (), {})),
                     target=target,
                     deadline=time.monotonic() + min(timeout, 1.0),
                 )
@@ -479,3 +479,4 @@ class GroupRuntime:
         self.router.close()
         if self._owns_monitor:
             self.monitor.close()
+        self.layout.region.release()  # nothing reads the rings any more

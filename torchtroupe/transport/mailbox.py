@@ -7,8 +7,12 @@ without copying them, then answers on reply ring ``i``. Everything lives in one
 
     line 0        caller's reply bell  (the caller parks here for any reply)
     line 1        caller's send bell   (the caller parks here when the request ring is full)
-    line 2 + i    rank i's bell        (rank i parks here for requests or reply room)
+    line 2 + 2i   rank i's request bell (rank i parks here for requests)
+    line 3 + 2i   rank i's room bell    (rank i parks here when its reply ring is full)
     ...
+
+Each waiting reason has its own bell, so a caller that frees reply room never
+wakes a rank parked for requests (and vice versa).
     request ring  writer: caller; readers: ranks 0..n-1
     reply ring 0  writer: rank 0;  reader: caller
     ...
@@ -28,7 +32,11 @@ _CALLER_SEND_BELL = CACHE_LINE
 
 
 def _rank_bell(rank: int) -> int:
-    return (2 + rank) * CACHE_LINE
+    return (2 + 2 * rank) * CACHE_LINE
+
+
+def _rank_room_bell(rank: int) -> int:
+    return (3 + 2 * rank) * CACHE_LINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +82,7 @@ class MailboxLayout:
                 offset,
                 capacity=capacity,
                 reader_bell_offsets=[_CALLER_REPLY_BELL],
-                writer_bell_offset=_rank_bell(rank),
+                writer_bell_offset=_rank_room_bell(rank),
             )
         return MailboxLayout(region, world_size, request_offset, tuple(reply_offsets))
 

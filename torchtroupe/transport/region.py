@@ -69,5 +69,14 @@ class SharedRegion:
         tensor.share_memory_()  # type: ignore[no-untyped-call]
         return cls(tensor)
 
+    def release(self) -> None:
+        """Drops this process's mapping: the memory (and its fd) goes once no other
+        reference to the tensor remains. The region must not be used afterwards."""
+        self.tensor = torch.empty(0, dtype=torch.uint8)
+        self.address = 0
+        self.nbytes = 0
+        self.bytes = memoryview(bytearray())
+        self.words = memoryview(bytearray()).cast("Q")
+
     def __reduce__(self) -> tuple[object, ...]:
         return (SharedRegion, (self.tensor,))
