@@ -20,7 +20,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # Only the directories that exist yet: ruff and mypy fail on a missing path.
 LINT_PATHS := $(wildcard torchtroupe tests bench examples)
 TYPECHECK_PATHS := $(wildcard torchtroupe)
-BENCH_MODULES := $(basename $(notdir $(wildcard bench/transport.py bench/actors.py)))
+BENCH_MODULES := $(basename $(notdir $(wildcard bench/transport.py bench/actors.py bench/supervision.py)))
 
 .PHONY: all install demo test lint typecheck pytest bench clean
 

@@ -18,4 +18,5 @@ status=${PIPESTATUS[0]}
 python3 -m bench.gpu $quick --no-doc --markdown-out "$out/gpu.md" 2>&1 | tail -n 60
 python3 -m bench.actors --quick --no-doc --ranks 1,2,4,8 > "$out/actors.md" 2>&1 || true
 python3 -m bench.transport --quick --no-doc > "$out/transport.md" 2>&1 || true
+python3 -m bench.supervision --quick --no-doc > "$out/supervision.md" 2>&1 || true
 exit "$status"
