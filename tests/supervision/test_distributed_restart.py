@@ -57,9 +57,15 @@ def test_ddp_training_goes_on_after_one_for_all_restarts_a_killed_rank() -> None
         stuck = group[0].call_async("train_step", *batches(3)[0])
         mark = recorder.mark()
         kill_rank(group, 1)
-        with pytest.raises(tt.ActorDiedError) as died:
+        # Rank 0 is inside the all-reduce when rank 1 dies: either gloo notices first
+        # (its error comes back as RuntimeError naming the peer), or the one_for_all
+        # restart kills rank 0 first (ActorDiedError). Both fail the step; neither hangs.
+        with pytest.raises((tt.ActorDiedError, RuntimeError)) as died:
             stuck.result(LONG_TIMEOUT)
-        assert died.value.rank == 0
+        if isinstance(died.value, tt.ActorDiedError):
+            assert died.value.rank == 0
+        else:
+            assert "Trainer rank 0" in "".join(getattr(died.value, "__notes__", []))
         recorder.wait_for("restarted", rank=0, since=mark)
         recorder.wait_for("restarted", rank=1, since=mark)
 

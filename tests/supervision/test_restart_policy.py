@@ -77,7 +77,7 @@ def test_one_for_all_restarts_every_rank_when_one_is_killed() -> None:
         kill_and_wait_for_restart(group, recorder, 1, restarted=[0, 1, 2])
         after = list(group.pids)
 
-        assert all(new is not None and new != old for old, new in zip(before, after))
+        assert all(new is not None and new != old for old, new in zip(before, after, strict=True))
         assert identities(group) == [(r, after[r], "same-args") for r in range(3)]
 
 

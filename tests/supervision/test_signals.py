@@ -20,7 +20,7 @@ from tests.supervision.processes_for_tests import read_json_line, start_script, 
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.actors.rank_main import FATAL_EXIT_CODE
 
-PROGRAM = '''
+PROGRAM = """
 import json
 import multiprocessing.forkserver
 import os
@@ -49,7 +49,7 @@ if __name__ == "__main__":
     print(json.dumps({"ranks": group.pids, "forkserver": server}), flush=True)
     sys.stdin.readline()
     print(json.dumps({"stdin": "closed"}), flush=True)
-'''
+"""
 
 
 def test_fatal_in_an_endpoint_ends_the_rank_with_its_reason() -> None:
@@ -147,4 +147,3 @@ def test_a_supervising_program_killed_with_sigkill_leaves_no_process_behind(
             program.kill()
         program.communicate(timeout=LONG_TIMEOUT)
     assert set(os.listdir("/dev/shm")) - shm_before == set()
-

@@ -39,9 +39,9 @@ def test_children_start_in_order_and_stop_in_reverse_order(tmp_path: Path) -> No
     with tt.Supervisor(children=children, on_event=recorder) as supervisor:
         started = [event.group for event in recorder.matching("started")]
         assert started == list(NAMES)
-        assert [supervisor[name][0].call("identity", timeout=SHORT_TIMEOUT)[2] for name in NAMES] == [
-            *NAMES
-        ]
+        assert [
+            supervisor[name][0].call("identity", timeout=SHORT_TIMEOUT)[2] for name in NAMES
+        ] == [*NAMES]
     assert log.read_text().splitlines() == ["third 0", "second 0", "first 0"]
 
 
@@ -142,12 +142,12 @@ def test_child_spec_rejects_a_bad_value_naming_the_field(field: str, value: obje
 
 
 def test_supervisor_refuses_children_with_the_same_name() -> None:
-    with pytest.raises(ValueError, match="unique names.*first"):
+    with pytest.raises(ValueError, match=r"unique names.*first"):
         tt.Supervisor(children=[counter_child("first"), counter_child("first")])
 
 
 def test_supervisor_rejects_a_bad_strategy_naming_the_field() -> None:
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ValueError, match=r"strategy"):
         tt.Supervisor(strategy="bogus", children=[counter_child("first")])
 
 

@@ -68,4 +68,3 @@ def test_hung_rank_answers_nothing_until_the_block_ends(group: tt.ActorGroup) ->
         assert group[0].call("identity", timeout=SHORT_TIMEOUT)[0] == 0  # others serve on
 
     assert group[1].call("identity", timeout=SHORT_TIMEOUT) == (1, pid, "faults")
-

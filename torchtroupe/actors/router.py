@@ -26,7 +26,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
-from ..errors import ActorDiedError, CallTimeoutError, ChannelBrokenError, ChannelClosedError
+from ..errors import (
+    ActorDiedError,
+    CallTimeoutError,
+    ChannelBrokenError,
+    ChannelClosedError,
+    GroupClosedError,
+)
 from ..transport.codec import decode, peek_target
 from ..transport.mailbox import CallerEnd
 from ..transport.stream import MessageAbortedError
@@ -114,7 +120,7 @@ class ReplyRouter:
     def register(self, slot: CallSlot, death: ActorDiedError | None = None) -> bool:
         """Expects a reply for ``slot``. Returns False if its rank is not readable."""
         with self._lock:
-            if not self._readable[slot.rank]:
+            if self._closed or not self._readable[slot.rank]:
                 return False
             self._pending[slot.key] = slot
             return True
@@ -137,6 +143,10 @@ class ReplyRouter:
         while True:
             if all(slot.done for slot in slots):
                 return
+            if self._closed:
+                for slot in slots:
+                    slot.resolve(None, GroupClosedError("the group was shut down"))
+                return
             if deadline is not None and time.monotonic() >= deadline:
                 self.forget(slot for slot in slots if not slot.done)
                 if all(slot.done for slot in slots):
@@ -144,7 +154,7 @@ class ReplyRouter:
                 raise CallTimeoutError(what())
             if self._pump.acquire(blocking=False):
                 try:
-                    while not all(slot.done for slot in slots):
+                    while not self._closed and not all(slot.done for slot in slots):
                         if not self._pump_once(deadline):
                             break
                 finally:
@@ -174,7 +184,8 @@ class ReplyRouter:
         # A death queued while we were letting go must not wait for the next caller.
         if self._deaths and self._pump.acquire(blocking=False):
             try:
-                self._drain()
+                if not self._closed:
+                    self._drain()
             finally:
                 self._pump.release()
                 self._notify()
@@ -259,7 +270,8 @@ class ReplyRouter:
         """Reads whatever replies are waiting, if no other thread is reading them."""
         if self._pump.acquire(blocking=False):
             try:
-                self._drain()
+                if not self._closed:
+                    self._drain()
             finally:
                 self._release_pump()
 
@@ -274,11 +286,7 @@ class ReplyRouter:
         with self._lock:
             self._deaths.append((rank, error, processed))
         self._end.reply_bell.interrupt()
-        if self._pump.acquire(blocking=False):
-            try:
-                self._drain()
-            finally:
-                self._release_pump()
+        self.drain_now()
         return processed
 
     def _process_deaths(self) -> None:
@@ -334,7 +342,11 @@ class ReplyRouter:
                     self._release_pump()
 
     def close(self) -> None:
-        """Stops the async-reply thread. Unanswered calls must have been failed first."""
+        """Stops the async-reply thread and all reading of the rings, for good.
+
+        Unanswered calls must have been failed first. Once this returns, no thread
+        of the router touches the rings, so their memory may be released.
+        """
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -342,6 +354,8 @@ class ReplyRouter:
         thread = self._async_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        with self._pump:  # waits out a drain in progress (a poke, a late waiter)
+            pass
 
     def fail_all(self, make_error: Callable[[CallSlot], BaseException]) -> None:
         """Fails every outstanding call (the group is closing)."""

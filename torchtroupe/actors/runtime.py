@@ -98,6 +98,7 @@ class GroupRuntime:
         self._failures: list[BaseException] = []
         self._restart_threads: list[threading.Thread] = []
         self.closed = False
+        self._stopping = threading.RLock()  # one thread stops processes at a time
         self._deciding = False
         self._closing = threading.Event()
         self.gave_up: SupervisionError | None = None
@@ -318,12 +319,13 @@ class GroupRuntime:
                 f"within {policy.within_s}s; first failure: {self._failures[0]}",
                 self._failures,
             )
-            self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
             if self.on_failure is not None:
                 self.stop_all(graceful_s=0.0, reason="the group's restart policy gave up")
+                self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
                 self.on_failure(error, False)
             else:
                 self.fail(error)
+                self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
             return
         if policy.strategy == "one_for_one":
             targets = [rank]
@@ -337,13 +339,20 @@ class GroupRuntime:
         self.in_background(self._restart, rank, targets, policy)
 
     def in_background(self, function: Callable[..., None], *args: object) -> None:
-        """Runs ``function(*args)`` on a restart thread that shutdown() joins."""
-        thread = threading.Thread(
-            target=function, args=args, name=f"torchtroupe-restart-{self.name}", daemon=True
-        )
-        self._restart_threads = [t for t in self._restart_threads if t.is_alive()]
-        self._restart_threads.append(thread)
-        thread.start()
+        """Runs ``function(*args)`` on a restart thread that shutdown() joins.
+
+        Under the state lock, so a thread is either started and listed before
+        shutdown() looks, or not started at all.
+        """
+        with self._changed:
+            if self.closed:
+                return
+            thread = threading.Thread(
+                target=function, args=args, name=f"torchtroupe-restart-{self.name}", daemon=True
+            )
+            self._restart_threads = [t for t in self._restart_threads if t.is_alive()]
+            thread.start()
+            self._restart_threads.append(thread)
 
     def _restart(self, dead_rank: int, targets: list[int], policy: RestartPolicy) -> None:
         siblings = [r for r in targets if r != dead_rank]
@@ -421,6 +430,12 @@ class GroupRuntime:
     # -- stopping -------------------------------------------------------------------
 
     def _stop_ranks(self, ranks: Sequence[int] | range, *, graceful_s: float, reason: str) -> None:
+        with self._stopping:
+            self._stop_ranks_locked(ranks, graceful_s=graceful_s, reason=reason)
+
+    def _stop_ranks_locked(
+        self, ranks: Sequence[int] | range, *, graceful_s: float, reason: str
+    ) -> None:
         victims = []
         for rank in ranks:
             process = self.ranks[rank]
@@ -464,17 +479,20 @@ class GroupRuntime:
             self.closed = True
             self._closing.set()
             self._changed.notify_all()
-        for thread in self._restart_threads:
+        with self._changed:
+            restarts = list(self._restart_threads)
+        for thread in restarts:
             if thread is not threading.current_thread():
                 thread.join()
-        live = [r for r in range(self.world_size) if self.ranks[r] is not None]
-        if live and timeout > 0:
-            self._send_stop(timeout, live)
-        processes = [p for p in self.ranks if p is not None]
-        for process in processes:
-            self.monitor.unwatch(process.sentinel)
-        stop(processes, graceful_s=timeout)
-        self.ranks = [None] * self.world_size
+        with self._stopping:
+            live = [r for r in range(self.world_size) if self.ranks[r] is not None]
+            if live and timeout > 0:
+                self._send_stop(timeout, live)
+            processes = [p for p in self.ranks if p is not None]
+            for process in processes:
+                self.monitor.unwatch(process.sentinel)
+            stop(processes, graceful_s=timeout)
+            self.ranks = [None] * self.world_size
         self.router.fail_all(lambda slot: GroupClosedError(f"group {self.name!r} was shut down"))
         self.router.close()
         if self._owns_monitor:

@@ -188,6 +188,7 @@ class Supervisor:
                 child.supervisor = Supervisor._nested(spec, self)
             else:
                 child.supervisor._restart_times.clear()
+                child.supervisor._failures.clear()
                 child.supervisor._start_children(child.supervisor._children)
         elif child.group is None:
             from ..actors.spawn import start_group  # spawn imports this package
@@ -248,7 +249,7 @@ class Supervisor:
             while self._restart_times and now - self._restart_times[0] > self._spec.within_s:
                 self._restart_times.popleft()
             if len(self._restart_times) > self._spec.max_restarts:
-                for group in self._root().groups():
+                for group in self.groups():
                     group._runtime.mark_restarting()  # calls wait for the verdict
                 self._background(self._give_up)
                 return
@@ -265,12 +266,15 @@ class Supervisor:
             self._background(self._restart, child, affected)
 
     def _background(self, function: Any, *args: Any) -> None:
-        thread = threading.Thread(
-            target=function, args=args, name=f"torchtroupe-supervisor-{self.name}", daemon=True
-        )
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
-        thread.start()
+        with self._lock:  # shutdown() takes it too: a thread is listed once started
+            if self._closed:
+                return
+            thread = threading.Thread(
+                target=function, args=args, name=f"torchtroupe-supervisor-{self.name}", daemon=True
+            )
+            self._threads = [t for t in self._threads if t.is_alive()]
+            thread.start()
+            self._threads.append(thread)
 
     def _restart(self, failed: _Child, affected: list[_Child]) -> None:
         with self._lock:
@@ -312,14 +316,12 @@ class Supervisor:
         if fatal_hook.handler is not None:
             fatal_hook.handler(f"a supervision tree in this rank gave up: {error}")
 
-    def _root(self) -> Supervisor:
-        return self if self._parent is None else self._parent._root()
-
     # -- signals and shutdown -------------------------------------------------------
 
     def _poke_groups(self) -> None:
         for group in self.groups():
-            group._runtime.router_poke()
+            if not group._runtime.closed:
+                group._runtime.router_poke()
 
     def poke(self) -> None:
         """Wakes the tree's monitor (SIGUSR1 from a rank)."""
@@ -338,7 +340,8 @@ class Supervisor:
             if self._closed:
                 return
             self._closed = True
-        for thread in self._threads:
+            threads = list(self._threads)
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
         for child in reversed(self._children):
