@@ -1,4 +1,4 @@
-# torchtroupe developer commands: `make demo`, `make test`, `make bench`.
+# torchtroupe developer commands: `make demo`, `make test`, `make bench`, `make docs`.
 #
 # The venv is built once and rebuilt when setup.cfg changes (the stamp file).
 # torch is installed first, on its own, so that the `torch>=2.4,<3` requirement is
@@ -16,13 +16,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 
 # Only the directories that exist yet: ruff and mypy fail on a missing path.
 LINT_PATHS := $(wildcard torchtroupe tests bench examples)
 TYPECHECK_PATHS := $(wildcard torchtroupe)
 BENCH_MODULES := $(basename $(notdir $(wildcard bench/transport.py bench/actors.py bench/supervision.py)))
 
-.PHONY: all install demo test lint typecheck pytest bench clean
+.PHONY: all install demo test lint typecheck pytest bench docs clean
 
 all: test
 
@@ -37,7 +38,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) -m torchtroupe demo
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -57,6 +58,14 @@ bench: $(BENCH_STAMP)
 		echo "== bench.$$module"; \
 		$(PY) -m bench.$$module; \
 	done
+
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -e '.[docs]'
+	touch $@
+
+# mkdocstrings reads torchtroupe from the venv (editable install); --strict fails on any warning.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf build dist site .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
