@@ -8,6 +8,7 @@ requests one at a time, in ring order.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,12 @@ def _deadline(timeout: float | None) -> float | None:
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout}")
     return None if timeout is None else time.monotonic() + timeout
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    if not callable(function):
+        raise TypeError(f"run() needs a callable, not {type(function).__name__}")
+    return str(getattr(function, "__qualname__", repr(function)))
 
 
 def _emergency_stop(runtime: GroupRuntime) -> None:
@@ -130,20 +137,25 @@ class ActorGroup:
     ) -> None:
         """Encodes and writes ``requests``; call with the send lock held."""
         router = runtime.router
-        encoded = []
         try:
-            for target, request in requests:
-                wire = (seq, request.kind, request.name, request.args, request.kwargs)
-                encoded.append((target, runtime.encoder.encode(wire, target, seq)))
-        except BaseException:
+            # Encode everything first: a value that cannot be sent fails the whole call
+            # before any rank receives anything.
+            encoded = [
+                (target, runtime.encoder.encode(tuple(request._replace(seq=seq)), target, seq))
+                for target, request in requests
+            ]
+            for target, message in encoded:
+                if target != TARGET_ALL and slots[ranks.index(target)].done:
+                    continue  # that rank is dead: its slot already failed
+                if message.fds:
+                    runtime.send_fds(target, seq, message.fds, deadline)
+                runtime.end.requests.send(
+                    message.chunks, message.nbytes, deadline=deadline, wake=target
+                )
+        except BaseException as error:
             router.forget(slots)
-            raise
-        try:
-            for target, (chunks, nbytes) in encoded:
-                if target == TARGET_ALL or not slots[ranks.index(target)].done:
-                    runtime.end.requests.send(chunks, nbytes, deadline=deadline, wake=target)
-        except TimeoutError as error:
-            router.forget(slots)
+            if not isinstance(error, TimeoutError):
+                raise
             raise CallTimeoutError(
                 f"the request ring of group {self.name!r} stayed full until the deadline"
             ) from error
@@ -180,6 +192,9 @@ class ActorGroup:
 
     def _gather(self, slots: list[CallSlot], name: str) -> list[Any]:
         errors = [slot.error for slot in slots if slot.error is not None]
+        for error in errors:
+            if isinstance(error, CallTimeoutError):
+                raise error  # as a synchronous broadcast would
         if errors:
             raise GroupError(
                 f"{len(errors)} of {len(slots)} ranks of group {self.name!r} failed in {name!r}",
@@ -188,37 +203,49 @@ class ActorGroup:
         return [slot.value for slot in slots]
 
     def _future(
-        self, slots: list[CallSlot], finish: Callable[[list[CallSlot]], Any]
+        self,
+        slots: list[CallSlot],
+        finish: Callable[[list[CallSlot]], Any],
+        deadline: float | None,
+        timeout: float | None,
+        name: str,
     ) -> Future[Any]:
+        """A future of ``finish(slots)``, resolved once every slot is (on whichever
+        thread resolves the last one); past ``deadline`` it fails with CallTimeoutError."""
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
-        remaining = [len(slots)]
         router = self._runtime.router
+        lock = threading.Lock()
+        finished = [False]
 
-        def on_done(_: CallSlot) -> None:
-            remaining[0] -= 1
-            router.async_resolved()
-            if remaining[0] == 0:
-                try:
-                    future.set_result(finish(slots))
-                except BaseException as error:
-                    future.set_exception(error)
-
-        already = 0
-        for slot in slots:
-            if slot.done:
-                already += 1
-            else:
-                slot.callback = on_done
-        remaining[0] -= already
-        if remaining[0] == 0:
-            on_done_all = finish
+        def try_complete() -> None:
+            with lock:
+                if finished[0] or not all(slot.done for slot in slots):
+                    return
+                finished[0] = True
             try:
-                future.set_result(on_done_all(slots))
+                future.set_result(finish(slots))
             except BaseException as error:
                 future.set_exception(error)
-        else:
-            router.track_async([s for s in slots if not s.done])
+
+        def on_done(_: CallSlot) -> None:
+            router.async_resolved()
+            try_complete()
+
+        pending = [slot for slot in slots if not slot.done]
+        for slot in pending:
+            slot.callback = on_done
+        if pending:
+
+            def what() -> str:
+                late = [slot.rank for slot in pending if not slot.done]
+                return (
+                    f"{name!r} on rank(s) {late} of group {self.name!r} "
+                    f"got no answer within {timeout}s"
+                )
+
+            router.track_async(pending, deadline, what)
+        try_complete()  # also covers slots that resolved before their callback was set
         return future
 
     def _all_ranks(self) -> list[int]:
@@ -248,13 +275,12 @@ class ActorGroup:
     ) -> Future[list[Any]]:
         """Like :meth:`broadcast`, returning a future of the list of results.
 
-        ``timeout`` bounds only the wait to send; wait on the future with its own timeout.
+        Past ``timeout`` seconds the future fails with CallTimeoutError.
         """
         check_call(self._runtime.actor_class, name, args, kwargs)
-        slots = self._call_slots(
-            CALL, name, self._all_ranks(), None, args, kwargs, _deadline(timeout)
-        )
-        return self._future(slots, lambda s: self._gather(s, name))
+        deadline = _deadline(timeout)
+        slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
+        return self._future(slots, lambda s: self._gather(s, name), deadline, timeout, name)
 
     def scatter(
         self,
@@ -292,10 +318,8 @@ class ActorGroup:
         Returns:
             The results in rank order.
         """
-        if not callable(function):
-            raise TypeError(f"run() needs a callable, not {type(function).__name__}")
+        name = _callable_name(function)
         deadline = _deadline(timeout)
-        name = getattr(function, "__qualname__", repr(function))
         slots = self._call_slots(
             RUN, name, self._all_ranks(), None, (function, *args), kwargs, deadline
         )
@@ -363,26 +387,40 @@ class ActorRef:
     def call_async(
         self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Future[Any]:
-        """Like :meth:`call`, returning a :class:`concurrent.futures.Future`."""
+        """Like :meth:`call`, returning a :class:`concurrent.futures.Future`.
+
+        Past ``timeout`` seconds the future fails with CallTimeoutError.
+        """
         group = self._group
         check_call(group._runtime.actor_class, name, args, kwargs)
-        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, _deadline(timeout))
-        return group._future(slots, lambda s: s[0].outcome())
+        deadline = _deadline(timeout)
+        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
+        return group._future(slots, lambda s: s[0].outcome(), deadline, timeout, name)
 
     def run(
         self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
-        """Runs ``function(actor, *args, **kwargs)`` on this rank only (cloudpickled)."""
-        return self.run_async(function, *args, **kwargs).result(timeout)
+        """Runs ``function(actor, *args, **kwargs)`` on this rank only (cloudpickled).
 
-    def run_async(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        """Like :meth:`run`, returning a :class:`concurrent.futures.Future`."""
-        if not callable(function):
-            raise TypeError(f"run() needs a callable, not {type(function).__name__}")
+        Raises:
+            CallTimeoutError: No answer within ``timeout`` seconds.
+        """
         group = self._group
-        name = getattr(function, "__qualname__", repr(function))
-        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, None)
-        return group._future(slots, lambda s: s[0].outcome())
+        name = _callable_name(function)
+        deadline = _deadline(timeout)
+        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, deadline)
+        group._wait(slots, deadline, timeout, name)
+        return slots[0].outcome()
+
+    def run_async(
+        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Like :meth:`run`, returning a :class:`concurrent.futures.Future`."""
+        group = self._group
+        name = _callable_name(function)
+        deadline = _deadline(timeout)
+        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, deadline)
+        return group._future(slots, lambda s: s[0].outcome(), deadline, timeout, name)
 
     def __repr__(self) -> str:
         return f"<ActorRef rank {self.rank} of {self._group.name!r} pid {self.pid}>"

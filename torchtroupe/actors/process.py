@@ -36,6 +36,7 @@ from multiprocessing.process import BaseProcess
 import torch
 import torch.multiprocessing
 
+from ..transport.fdpass import FdChannel, socket_pair
 from .rank_main import RankBoot, rank_main
 
 START_METHODS = ("forkserver", "spawn", "fork")
@@ -84,6 +85,7 @@ class RankProcess:
         rank: The rank.
         process: The multiprocessing process (closed once reaped by :func:`stop`).
         death_pipe: Write end of the rank's death pipe; only this process holds it.
+        fd_channel: The caller's end of the rank's fd channel (shared-memory tensors).
         pid: The process id.
         sentinel: Becomes readable when the process ends.
         reaped_exitcode: The exit code, once :func:`stop` reaped the process.
@@ -92,6 +94,7 @@ class RankProcess:
     rank: int
     process: BaseProcess
     death_pipe: Connection
+    fd_channel: FdChannel
     pid: int
     sentinel: int
     reaped_exitcode: int | None = None
@@ -109,9 +112,10 @@ def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
     """Starts one rank process. It holds the read end of a pipe whose write end only
     this process holds: when this process dies, the rank sees EOF and exits."""
     reader, writer = context.Pipe(duplex=False)
+    caller_socket, rank_socket = socket_pair()
     process = context.Process(  # type: ignore[attr-defined]
         target=rank_main,
-        args=(boot, reader),
+        args=(boot, reader, rank_socket),
         name=f"{RANK_PROCESS_PREFIX}{boot.group}:rank{boot.rank}",
         daemon=False,
     )
@@ -119,8 +123,10 @@ def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
         process.start()
     finally:
         reader.close()
+        rank_socket.close()
     assert process.pid is not None  # set by start()
-    return RankProcess(boot.rank, process, writer, process.pid, process.sentinel)
+    channel = FdChannel(caller_socket)
+    return RankProcess(boot.rank, process, writer, channel, process.pid, process.sentinel)
 
 
 def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
@@ -143,6 +149,7 @@ def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
         rank.reaped = True
         rank.process.close()
         rank.death_pipe.close()
+        rank.fd_channel.close()
 
 
 def _send_signal(process: BaseProcess, signal_number: int) -> None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
+import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -29,6 +32,7 @@ import torch
 
 from .._remote_errors import capture
 from ..transport.codec import TARGET_ALL, Encoder, decode, peek_target
+from ..transport.fdpass import FdChannel
 from ..transport.mailbox import MailboxLayout, RankEnd
 from ..transport.stream import MessageAbortedError
 from ..transport.waiting import WaitStrategy
@@ -39,6 +43,11 @@ FATAL_EXIT_CODE = 70
 """Exit code of a rank that ended through ``tt.fatal`` or a sticky CUDA error."""
 
 _PR_SET_PDEATHSIG = 1
+_PARK_SLICE_S = 1.0
+_STORE_TIMEOUT_S = 300.0
+_STORE_BACKLOG = 4096
+logger = logging.getLogger(__name__)
+_FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
 _STICKY_CUDA_ERRORS = (
     "device-side assert",
     "illegal memory access",
@@ -95,23 +104,26 @@ def _is_sticky_cuda_error(error: BaseException) -> bool:
 class RankRuntime:
     """The serve loop of one rank."""
 
-    def __init__(self, boot: RankBoot) -> None:
+    def __init__(self, boot: RankBoot, fds: FdChannel) -> None:
         self.boot = boot
-        self.end = RankEnd(boot.layout, boot.rank)
-        self.encoder = Encoder()
+        # A rank's liveness check is its death-pipe thread, so parked waits can be long.
+        self.end = RankEnd(boot.layout, boot.rank, WaitStrategy(park_slice_s=_PARK_SLICE_S))
+        self.fds = fds
+        self.encoder = Encoder(share_fds=True)
         self.actor: Any = None
-        self.strategy = WaitStrategy(park_slice_s=1.0)
 
     def reply(self, reply: Reply) -> None:
         """Sends ``reply``; a value that cannot be pickled becomes an error reply."""
         try:
-            chunks, nbytes = self.encoder.encode(tuple(reply), tag=reply.seq)
+            message = self.encoder.encode(tuple(reply), tag=reply.seq)
         except TypeError as error:
             failure = capture(
                 TypeError(f"the result could not be sent back to the caller: {error}")
             )
-            chunks, nbytes = self.encoder.encode((reply.seq, ERROR, failure), tag=reply.seq)
-        self.end.replies.send(chunks, nbytes, deadline=None)
+            message = self.encoder.encode((reply.seq, ERROR, failure), tag=reply.seq)
+        if message.fds:
+            self.fds.send(reply.seq, message.fds)  # before the reply is published
+        self.end.replies.send(message.chunks, message.nbytes, deadline=None)
 
     def die(self, reason: str) -> NoReturn:
         """Records ``reason``, signals the supervisor and exits (see ``tt.fatal``)."""
@@ -151,7 +163,7 @@ class RankRuntime:
                 message.finish()
                 continue
             try:
-                request = Request._make(decode(message))
+                request = Request._make(decode(message, self._claim_fds))
             except MessageAbortedError:
                 continue
             except Exception as error:
@@ -162,6 +174,9 @@ class RankRuntime:
                 self.reply(Reply(request.seq, STOPPED, None))
                 return
             self.handle(request)
+
+    def _claim_fds(self, tag: int, count: int) -> list[int]:
+        return self.fds.receive(tag, count, timeout=_FD_TIMEOUT_S)
 
     def handle(self, request: Request) -> None:
         """Runs one request and replies with its result or its exception."""
@@ -183,7 +198,62 @@ class RankRuntime:
         self.reply(Reply(request.seq, RESULT, value))
 
 
-def rank_main(boot: RankBoot, death_pipe: Connection) -> None:
+def _loopback_store(boot: RankBoot) -> Any:
+    """The torch.distributed store, listening on 127.0.0.1 only (rank 0 serves it).
+
+    torch's own TCP rendezvous makes rank 0 listen on every interface; so rank 0
+    binds the port on the loopback address itself and hands the socket to the store.
+    """
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=_STORE_TIMEOUT_S)
+    if boot.rank != 0:
+        return dist.TCPStore(  # type: ignore[attr-defined]
+            "127.0.0.1", boot.master_port, boot.world_size, False, timeout
+        )
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", boot.master_port))
+    listener.listen(_STORE_BACKLOG)
+    store = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1",
+        boot.master_port,
+        boot.world_size,
+        True,
+        timeout,
+        master_listen_fd=listener.fileno(),
+        use_libuv=True,
+    )
+    listener.detach()  # the store owns the listening socket now
+    return store
+
+
+def _join_process_group(boot: RankBoot) -> None:
+    import torch.distributed as dist
+
+    assert boot.distributed is not None
+    try:
+        store = _loopback_store(boot)
+    except (TypeError, RuntimeError, ValueError) as error:
+        logger.warning(
+            "group %s rank %d: no loopback-only store (%s); using torch's TCP rendezvous",
+            boot.group,
+            boot.rank,
+            error,
+        )
+        dist.init_process_group(
+            boot.distributed,
+            init_method=f"tcp://127.0.0.1:{boot.master_port}",
+            rank=boot.rank,
+            world_size=boot.world_size,
+        )
+        return
+    dist.init_process_group(
+        boot.distributed, store=store, rank=boot.rank, world_size=boot.world_size
+    )
+
+
+def rank_main(boot: RankBoot, death_pipe: Connection, fd_socket: socket.socket) -> None:
     """Entry point of a rank's process (the target of its ``Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     _set_parent_death_signal()
@@ -198,20 +268,13 @@ def rank_main(boot: RankBoot, death_pipe: Connection) -> None:
         MASTER_PORT=str(boot.master_port),
         TORCHTROUPE_GROUP=boot.group,
     )
-    runtime = RankRuntime(boot)
+    runtime = RankRuntime(boot, FdChannel(fd_socket))
     fatal_hook.handler = runtime.die
     try:
         if boot.device_index is not None:
             torch.cuda.set_device(boot.device_index)
         if boot.distributed is not None:
-            import torch.distributed as dist
-
-            dist.init_process_group(
-                boot.distributed,
-                init_method=f"tcp://127.0.0.1:{boot.master_port}",
-                rank=boot.rank,
-                world_size=boot.world_size,
-            )
+            _join_process_group(boot)
         runtime.build_actor()
     except BaseException as error:
         runtime.reply(Reply(boot.ready_seq, ERROR, capture(error)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
@@ -87,6 +88,7 @@ class ReplyRouter:
         end: The caller's end of the mailbox.
         describe: Names a rank for error notes, e.g. ``"Worker rank 2 (pid 41)"``.
         on_control: Receives replies that answer no call (FATAL reports).
+        claim_fds: ``(rank, tag, count) -> fds`` passed beside a reply (shared tensors).
     """
 
     def __init__(
@@ -94,8 +96,10 @@ class ReplyRouter:
         end: CallerEnd,
         describe: Callable[[int], str],
         on_control: Callable[[int, Reply], None],
+        claim_fds: Callable[[int, int, int], list[int]],
     ) -> None:
         self._end = end
+        self._claim_fds = claim_fds
         self._describe = describe
         self._on_control = on_control
         self._lock = threading.Lock()
@@ -106,6 +110,7 @@ class ReplyRouter:
         self._deaths: list[tuple[int, ActorDiedError, threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
+        self._async_deadlines: list[tuple[float, list[CallSlot], Callable[[], str]]] = []
         self._async_thread: threading.Thread | None = None
         self._closed = False
 
@@ -234,7 +239,7 @@ class ReplyRouter:
             progressed = True
             _, tag = peek_target(message)
             try:
-                reply = Reply._make(decode(message))
+                reply = Reply._make(decode(message, partial(self._claim_fds, rank)))
             except MessageAbortedError:
                 continue
             except (ChannelBrokenError, ChannelClosedError):
@@ -307,8 +312,14 @@ class ReplyRouter:
 
     # -- calls nobody waits on ------------------------------------------------------
 
-    def track_async(self, slots: list[CallSlot]) -> None:
-        """Makes sure ``slots`` resolve even if no thread ever waits on them."""
+    def track_async(
+        self, slots: list[CallSlot], deadline: float | None, what: Callable[[], str]
+    ) -> None:
+        """Makes sure ``slots`` resolve even if no thread ever waits on them, and fail
+        with CallTimeoutError (``what()`` says which call) once ``deadline`` passes."""
+        with self._lock:
+            if deadline is not None:
+                self._async_deadlines.append((deadline, slots, what))
         with self._changed:
             self._async_outstanding += len(slots)
             if self._async_thread is None:
@@ -323,21 +334,45 @@ class ReplyRouter:
         with self._changed:
             self._async_outstanding -= count
 
+    def _expire_async(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [entry for entry in self._async_deadlines if entry[0] <= now]
+            self._async_deadlines = [
+                entry
+                for entry in self._async_deadlines
+                if entry[0] > now and not all(slot.done for slot in entry[1])
+            ]
+        for _, slots, what in due:
+            late = [slot for slot in slots if not slot.done]
+            if late:
+                self.forget(late)  # their replies, if they ever come, are dropped
+                error = CallTimeoutError(what())
+                for slot in late:
+                    slot.resolve(None, error)
+
     def _serve_async(self) -> None:
-        while True:
+        """The async-reply thread: pumps while async calls are outstanding, and
+        expires those past their deadline (checked at least every slice)."""
+        while not self._closed:
+            self._expire_async()
             with self._changed:
-                while not self._closed and (self._async_outstanding <= 0 or self._pump.locked()):
+                if self._async_outstanding <= 0 or self._pump.locked():
                     self._sleepers += 1
                     try:
                         self._changed.wait(_SLICE_S)
                     finally:
                         self._sleepers -= 1
-                if self._closed:
-                    return
+                    continue
             if self._pump.acquire(blocking=False):
                 try:
-                    while self._async_outstanding > 0 and not self._closed:
-                        self._pump_once(time.monotonic() + _SLICE_S)
+                    slice_end = time.monotonic() + _SLICE_S
+                    while (
+                        self._async_outstanding > 0
+                        and not self._closed
+                        and time.monotonic() < slice_end
+                    ):
+                        self._pump_once(slice_end)
                 finally:
                     self._release_pump()
 

@@ -26,6 +26,7 @@ from ..errors import (
     ActorDiedError,
     ActorInitError,
     CallTimeoutError,
+    ChannelBrokenError,
     GroupClosedError,
     SupervisionError,
     describe_exit,
@@ -43,6 +44,7 @@ from .rank_main import RankBoot
 from .router import CallSlot, ReplyRouter
 
 STARTING, READY, DEAD = "starting", "ready", "dead"
+_FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
 _group_numbers = itertools.count()
 
 
@@ -85,9 +87,9 @@ class GroupRuntime:
         self._context = start_context(options.start_method, options.preload)
         self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
         self.end = CallerEnd(self.layout)
-        self.router = ReplyRouter(self.end, self.describe, self._on_control)
+        self.router = ReplyRouter(self.end, self.describe, self._on_control, self._claim_fds)
         self.send_lock = threading.Lock()
-        self.encoder = Encoder()
+        self.encoder = Encoder(share_fds=True)
         self.sequence = itertools.count(1)
         self.ranks: list[RankProcess | None] = [None] * self.world_size
         self.states = [STARTING] * self.world_size
@@ -257,6 +259,29 @@ class GroupRuntime:
     def router_poke(self) -> None:
         """Monitor-thread hook after a poke (SIGUSR1): collect FATAL reports now."""
         self.router.drain_now()
+
+    def _claim_fds(self, rank: int, tag: int, count: int) -> list[int]:
+        process = self.ranks[rank]
+        if process is None:
+            raise ChannelBrokenError(f"rank {rank} has no process to receive fds from")
+        return process.fd_channel.receive(tag, count, timeout=_FD_TIMEOUT_S)
+
+    def send_fds(self, target: int, tag: int, fds: list[int], deadline: float | None) -> None:
+        """Passes ``fds`` for message ``tag`` to ``target`` (or every live rank).
+
+        Call with the send lock held, before the message is published. A rank that
+        is gone is skipped: its death fails the call anyway.
+        """
+        ranks = range(self.world_size) if target == TARGET_ALL else [target]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for rank in ranks:
+            process = self.ranks[rank]
+            if process is None or self.states[rank] == DEAD:
+                continue
+            try:
+                process.fd_channel.send(tag, fds, timeout)
+            except (ChannelBrokenError, OSError):
+                continue
 
     def _on_control(self, rank: int, reply: Reply) -> None:
         self._fatal_reasons[rank] = str(reply.value)

@@ -103,13 +103,21 @@ class Supervisor:
             raise ValueError(f"invalid Supervisor configuration:\n{error}") from None
         self._setup(spec, None, EventLog(on_event), None)
         register_with_signals(self)
-        self._start_children(self._children)
+        try:
+            self._start_children(self._children)
+        except BaseException:
+            self.shutdown()  # nothing of a tree that failed to start may linger
+            raise
 
     @classmethod
     def _nested(cls, spec: SupervisorSpec, parent: Supervisor) -> Supervisor:
         supervisor = cls.__new__(cls)
         supervisor._setup(spec, parent, parent._events, parent._monitor)
-        supervisor._start_children(supervisor._children)
+        try:
+            supervisor._start_children(supervisor._children)
+        except BaseException:
+            supervisor.shutdown()
+            raise
         return supervisor
 
     def _setup(

@@ -4,11 +4,12 @@ Runs in the caller and in every rank; an encoder is used by one thread at a time
 
 Wire format of one message (all integers little-endian u64)::
 
-    | target | tag | n_storages | pickle_len | storage_len * n | pickle bytes | storage bytes |
+    | target | tag | n_storages | n_fds | pickle_len | storage_len * n | pickle | storages |
 
 ``target`` is the mailbox's addressing word (the rank a request is for, or -1 for
 all) and ``tag`` the request's sequence number, so a reader can skip a message
-without unpickling it, and answer one it cannot unpickle.
+without unpickling it, and answer one it cannot unpickle. ``n_fds`` counts the
+shared-memory fds passed beside the message (``fdpass.py``), tagged with ``tag``.
 
 Note [Tensors in the codec]
 ---------------------------
@@ -21,6 +22,9 @@ Views of one storage stay views of one storage after the trip. CUDA tensors go
 through torch's own reduction (a CUDA IPC handle, no copy of device memory); a
 CUDA tensor that this process itself received from another one cannot be
 re-exported by CUDA IPC, so it is cloned once on its device and the clone sent.
+A CPU tensor whose storage is already in shared memory is not copied at all when
+the encoder may pass fds: its storage's fd travels beside the message, and the
+receiver maps the same memory (through torch's inode-keyed mapping cache).
 Functions and classes that cannot be imported by name in the receiver (defined in
 ``__main__``, in a notebook, or locally) are pickled by value with cloudpickle.
 """
@@ -28,30 +32,33 @@ Functions and classes that cannot be imported by name in the receiver (defined i
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 import torch
-from torch.multiprocessing.reductions import reduce_tensor
+from torch.multiprocessing.reductions import rebuild_storage_fd, reduce_tensor
 
 from .region import raw_bytes
 from .stream import IncomingMessage, MessageWriter
 
 TARGET_ALL = -1
 _PROTOCOL = 5
-_FIXED = struct.Struct("<qqQQ")
+_FIXED = struct.Struct("<qqQQQ")
 
 
 class _DecodeContext(threading.local):
     storages: list[torch.UntypedStorage]
+    fds: list[int]
 
     def __init__(self) -> None:
         self.storages = []
+        self.fds = []
 
 
 _decoding = _DecodeContext()
@@ -66,6 +73,35 @@ def _rebuild_tensor(
     requires_grad: bool,
 ) -> torch.Tensor:
     storage = _decoding.storages[storage_index]
+    tensor = torch.empty(0, dtype=dtype)
+    tensor.set_(storage, offset, size, stride)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+class _Detachable:
+    """What torch's ``rebuild_storage_fd`` expects: an object whose detach() gives an fd."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def detach(self) -> int:
+        return self._fd
+
+
+def _rebuild_shared_tensor(
+    fd_index: int,
+    nbytes: int,
+    dtype: torch.dtype,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    offset: int,
+    requires_grad: bool,
+) -> torch.Tensor:
+    # rebuild_storage_fd closes the fd it is given, and maps each segment once.
+    fd = os.dup(_decoding.fds[fd_index])
+    storage = rebuild_storage_fd(torch.UntypedStorage, _Detachable(fd), nbytes)  # type: ignore[no-untyped-call]
     tensor = torch.empty(0, dtype=dtype)
     tensor.set_(storage, offset, size, stride)
     if requires_grad:
@@ -109,14 +145,19 @@ def _needs_value_pickling(obj: types.FunctionType | type) -> bool:
 class _Pickler(pickle.Pickler):
     """A pickler that sends tensor storages out of band (Note [Tensors in the codec])."""
 
-    def __init__(self, file: io.BytesIO) -> None:
+    def __init__(self, file: io.BytesIO, share_fds: bool) -> None:
         super().__init__(file, protocol=_PROTOCOL)
+        self.share_fds = share_fds
+        self.fds: list[int] = []
+        self._fd_index: dict[int, int] = {}
         self.storages: list[memoryview] = []
         self.keepalive: list[torch.Tensor] = []
         self._storage_index: dict[int, int] = {}
 
     def reset(self) -> None:
         self.clear_memo()
+        self.fds = []
+        self._fd_index = {}
         self.storages = []
         self.keepalive = []
         self._storage_index = {}
@@ -140,6 +181,28 @@ class _Pickler(pickle.Pickler):
         self.keepalive.append(copy)
         return reduce_tensor(copy)  # type: ignore[no-untyped-call]
 
+    def _reduce_shared(self, tensor: torch.Tensor, storage: torch.UntypedStorage) -> Any:
+        try:
+            fd, nbytes = storage._share_fd_cpu_()  # already shared: its fd, nothing moves
+        except RuntimeError:
+            return None  # shared some other way (a named segment): copy it instead
+        index = self._fd_index.get(fd)
+        if index is None:
+            index = self._fd_index[fd] = len(self.fds)
+            self.fds.append(fd)
+        return (
+            _rebuild_shared_tensor,
+            (
+                index,
+                nbytes,
+                tensor.dtype,
+                tuple(tensor.size()),
+                tuple(tensor.stride()),
+                tensor.storage_offset(),
+                tensor.requires_grad,
+            ),
+        )
+
     def _reduce_tensor(self, tensor: torch.Tensor) -> Any:
         if type(tensor) is torch.nn.Parameter:
             return (_rebuild_parameter, (tensor.data, tensor.requires_grad))
@@ -161,6 +224,10 @@ class _Pickler(pickle.Pickler):
                 "graph: send tensor.detach() (gradients do not cross processes)"
             )
         storage = tensor.untyped_storage()
+        if self.share_fds and storage.is_shared() and storage.nbytes():
+            shared = self._reduce_shared(tensor, storage)
+            if shared is not None:
+                return shared
         key = storage.data_ptr()
         index = self._storage_index.get(key)
         if index is None or len(self.storages[index]) != storage.nbytes():
@@ -180,20 +247,39 @@ class _Pickler(pickle.Pickler):
         )
 
 
+class EncodedMessage(NamedTuple):
+    """A message ready to write.
+
+    Attributes:
+        chunks: Its bytes, in order; they reference the tensors' memory, so write
+            them before the tensors change.
+        nbytes: Total size.
+        fds: Shared-memory fds to pass beside it (``fdpass.py``) before writing it.
+        keepalive: Temporaries whose memory the chunks reference; hold the message
+            until it is written.
+    """
+
+    chunks: list[memoryview | bytes]
+    nbytes: int
+    fds: list[int]
+    keepalive: list[torch.Tensor]
+
+
 class Encoder:
-    """Encodes objects and writes them as messages; one per sending thread."""
+    """Encodes objects into messages; one per sending thread.
 
-    def __init__(self) -> None:
+    Args:
+        share_fds: Whether the destination can receive fds beside messages
+            (``fdpass.py``). If so, tensors already in shared memory travel as fds,
+            listed in :attr:`EncodedMessage.fds`; if not, they are copied.
+    """
+
+    def __init__(self, *, share_fds: bool = False) -> None:
         self._buffer = io.BytesIO()
-        self._pickler = _Pickler(self._buffer)
-        self._keepalive: list[torch.Tensor] = []
+        self._pickler = _Pickler(self._buffer, share_fds)
 
-    def encode(
-        self, obj: Any, target: int = TARGET_ALL, tag: int = 0
-    ) -> tuple[list[memoryview | bytes], int]:
-        """Pickles ``obj`` and returns the message's chunks and total size.
-
-        The chunks reference the tensors' memory: write them before the tensors change.
+    def encode(self, obj: Any, target: int = TARGET_ALL, tag: int = 0) -> EncodedMessage:
+        """Pickles ``obj`` into a message addressed to ``target`` and tagged ``tag``.
 
         Raises:
             TypeError: ``obj`` (or something inside it) cannot be pickled. Nothing
@@ -212,17 +298,14 @@ class Encoder:
         finally:
             pickler.clear_memo()
         payload = buffer.getvalue()
-        storages = pickler.storages
-        pickler.storages = []
-        # Temporaries made while pickling live until the next encode by this encoder,
-        # which is after the caller wrote these chunks.
-        self._keepalive = pickler.keepalive
+        storages, fds, keepalive = pickler.storages, pickler.fds, pickler.keepalive
+        pickler.reset()
         lengths = [len(storage) for storage in storages]
-        prelude = _FIXED.pack(target, tag, len(storages), len(payload))
+        prelude = _FIXED.pack(target, tag, len(storages), len(fds), len(payload))
         if lengths:
             prelude += struct.pack(f"<{len(lengths)}Q", *lengths)
         chunks: list[memoryview | bytes] = [prelude, payload, *storages]
-        return chunks, len(prelude) + len(payload) + sum(lengths)
+        return EncodedMessage(chunks, len(prelude) + len(payload) + sum(lengths), fds, keepalive)
 
     def send(
         self,
@@ -234,19 +317,34 @@ class Encoder:
         deadline: float | None,
         alive: Callable[[], bool] | None = None,
     ) -> None:
-        """Encodes ``obj`` and writes it as one message (see :meth:`encode`)."""
-        chunks, nbytes = self.encode(obj, target, tag)
-        writer.send(chunks, nbytes, deadline=deadline, alive=alive)
+        """Encodes ``obj`` and writes it as one message (see :meth:`encode`).
+
+        Raises:
+            ValueError: ``obj`` holds shared-memory tensors to pass as fds: use
+                :meth:`encode` and pass :attr:`EncodedMessage.fds` first.
+        """
+        message = self.encode(obj, target, tag)
+        if message.fds:
+            raise ValueError("this message passes fds: encode() it and send the fds first")
+        writer.send(message.chunks, message.nbytes, deadline=deadline, alive=alive)
 
 
 def peek_target(message: IncomingMessage) -> tuple[int, int]:
     """The ``(target, tag)`` words of a message, read without consuming anything."""
-    target, tag, _, _ = _FIXED.unpack_from(message.first)
+    target, tag, _, _, _ = _FIXED.unpack_from(message.first)
     return target, tag
 
 
-def decode(message: IncomingMessage) -> Any:
+FdSource = Callable[[int, int], list[int]]
+"""``(tag, count) -> fds``: claims the fds passed beside the message tagged ``tag``."""
+
+
+def decode(message: IncomingMessage, fds: FdSource | None = None) -> Any:
     """Reads a whole message, rebuilds the object, and releases the message.
+
+    Args:
+        message: The message, as received.
+        fds: Where the fds passed beside it come from, if the sender may pass any.
 
     Raises:
         MessageAbortedError: The writer abandoned the message.
@@ -254,14 +352,28 @@ def decode(message: IncomingMessage) -> Any:
             cannot import); the message is released either way.
     """
     try:
-        return _decode(message)
+        return _decode(message, fds)
     finally:
         message.finish()
 
 
-def _decode(message: IncomingMessage) -> Any:
+def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
     first = message.first
-    _, _, n_storages, pickle_len = _FIXED.unpack_from(first)
+    _, tag, n_storages, n_fds, pickle_len = _FIXED.unpack_from(first)
+    received: list[int] = []
+    if n_fds:
+        if fd_source is None:
+            raise ValueError("this message carries fds, but no fd channel was given")
+        received = fd_source(tag, n_fds)
+    try:
+        return _decode_body(message, n_storages, pickle_len, received)
+    finally:
+        for fd in received:
+            os.close(fd)
+
+
+def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds: list[int]) -> Any:
+    first = message.first
     table_end = _FIXED.size + 8 * n_storages
     storages: list[torch.UntypedStorage] = []
     if message.complete:
@@ -286,7 +398,9 @@ def _decode(message: IncomingMessage) -> Any:
             message.readinto(raw_bytes(tensor.data_ptr(), length))
             storages.append(tensor.untyped_storage())
     _decoding.storages = storages
+    _decoding.fds = fds
     try:
         return pickle.loads(payload)
     finally:
         _decoding.storages = []
+        _decoding.fds = []

@@ -26,6 +26,7 @@ from .doorbell import Doorbell
 from .region import CACHE_LINE, SharedRegion, align_up
 from .ring import OPEN, RingLayout, RingReader, RingWriter, ring_footprint
 from .stream import MessageReader, MessageWriter
+from .waiting import DEFAULT_STRATEGY, WaitStrategy
 
 _CALLER_REPLY_BELL = 0
 _CALLER_SEND_BELL = CACHE_LINE
@@ -134,9 +135,17 @@ class CallerEnd:
 
 
 class RankEnd:
-    """A rank's side of a mailbox: its request reader and its reply writer."""
+    """A rank's side of a mailbox: its request reader and its reply writer.
 
-    def __init__(self, layout: MailboxLayout, rank: int) -> None:
+    Args:
+        layout: The group's mailbox.
+        rank: This rank.
+        strategy: How the rank waits for requests and for reply room.
+    """
+
+    def __init__(
+        self, layout: MailboxLayout, rank: int, strategy: WaitStrategy = DEFAULT_STRATEGY
+    ) -> None:
         self.rank = rank
-        self.requests = MessageReader(RingReader(layout.request_ring(), rank))
-        self.replies = MessageWriter(RingWriter(layout.reply_ring(rank)))
+        self.requests = MessageReader(RingReader(layout.request_ring(), rank, strategy))
+        self.replies = MessageWriter(RingWriter(layout.reply_ring(rank), strategy))
