@@ -252,3 +252,21 @@ def test_a_tensor_with_the_negative_bit_keeps_its_values() -> None:
     assert sent.is_neg()
     received = round_trip(sent)
     assert torch.equal(received.resolve_neg(), sent.resolve_neg())
+
+
+def test_a_view_sends_only_the_bytes_it_covers() -> None:
+    whole = torch.arange(1 << 20, dtype=torch.float32)
+    quarter = whole[1 << 18 : 1 << 19]
+    message = Encoder().encode(quarter)
+    assert message.nbytes < quarter.numel() * 4 + 4096  # not the whole 4 MiB storage
+    received = round_trip(quarter)
+    assert torch.equal(received, quarter)
+
+
+def test_views_of_one_storage_stay_aliased_when_only_a_span_is_sent() -> None:
+    whole = torch.arange(100, dtype=torch.float64)
+    first, second = whole[10:20], whole[15:40:5]
+    got_first, got_second = round_trip((first, second))
+    assert torch.equal(got_first, first) and torch.equal(got_second, second)
+    got_first[5] = -1.0  # element 15 of the original, shared by both views
+    assert got_second[0].item() == -1.0

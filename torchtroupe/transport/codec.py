@@ -4,7 +4,7 @@ Runs in the caller and in every rank; an encoder is used by one thread at a time
 
 Wire format of one message (all integers little-endian u64)::
 
-    | target | tag | n_storages | n_fds | pickle_len | storage_len * n | pickle | storages |
+    | target | tag | n_storages | n_fds | pickle_len | (len, base) * n | pickle | storages |
 
 ``target`` is the mailbox's addressing word (the rank a request is for, or -1 for
 all) and ``tag`` the request's sequence number, so a reader can skip a message
@@ -18,7 +18,9 @@ reduced to a reference to its storage, and each distinct storage in the message 
 appended after the pickle bytes; the message writer copies those bytes from the
 tensor's memory straight into the ring, and the reader copies them from the ring
 straight into a fresh tensor: one copy on each side, no intermediate ``bytes``.
-Views of one storage stay views of one storage after the trip. CUDA tensors go
+Views of one storage stay views of one storage after the trip, and only the span
+of the storage that the message's tensors cover is sent (``base`` is where that
+span starts in the original storage, 64-byte aligned so every dtype stays aligned). CUDA tensors go
 through torch's own reduction (a CUDA IPC handle, no copy of device memory); a
 CUDA tensor that this process itself received from another one cannot be
 re-exported by CUDA IPC, so it is cloned once on its device and the clone sent.
@@ -48,16 +50,19 @@ from .region import raw_bytes
 from .stream import IncomingMessage, MessageWriter
 
 TARGET_ALL = -1
+_BASE_ALIGNMENT = 64
 _PROTOCOL = 5
 _FIXED = struct.Struct("<qqQQQ")
 
 
 class _DecodeContext(threading.local):
     storages: list[torch.UntypedStorage]
+    bases: list[int]
     fds: list[int]
 
     def __init__(self) -> None:
         self.storages = []
+        self.bases = []
         self.fds = []
 
 
@@ -69,10 +74,11 @@ def _rebuild_tensor(
     dtype: torch.dtype,
     size: tuple[int, ...],
     stride: tuple[int, ...],
-    offset: int,
+    byte_offset: int,
     requires_grad: bool,
 ) -> torch.Tensor:
     storage = _decoding.storages[storage_index]
+    offset = (byte_offset - _decoding.bases[storage_index]) // dtype.itemsize
     tensor = torch.empty(0, dtype=dtype)
     tensor.set_(storage, offset, size, stride)
     if requires_grad:
@@ -150,7 +156,7 @@ class _Pickler(pickle.Pickler):
         self.share_fds = share_fds
         self.fds: list[int] = []
         self._fd_index: dict[int, int] = {}
-        self.storages: list[memoryview] = []
+        self.spans: list[list[int]] = []  # per storage sent: [address, first byte, end]
         self.keepalive: list[torch.Tensor] = []
         self._storage_index: dict[int, int] = {}
 
@@ -158,7 +164,7 @@ class _Pickler(pickle.Pickler):
         self.clear_memo()
         self.fds = []
         self._fd_index = {}
-        self.storages = []
+        self.spans = []
         self.keepalive = []
         self._storage_index = {}
 
@@ -228,12 +234,32 @@ class _Pickler(pickle.Pickler):
             shared = self._reduce_shared(tensor, storage)
             if shared is not None:
                 return shared
+        # Only the bytes this message's tensors cover are sent (Note [Tensors in the
+        # codec]): a view of a big tensor does not drag the whole storage along.
+        item = tensor.element_size()
+        first = int(tensor.storage_offset()) * item
+        end = first
+        if tensor.numel():
+            last = int(tensor.storage_offset()) + sum(
+                (n - 1) * step for n, step in zip(tensor.size(), tensor.stride(), strict=True)
+            )
+            end = int(last + 1) * item
         key = storage.data_ptr()
         index = self._storage_index.get(key)
-        if index is None or len(self.storages[index]) != storage.nbytes():
-            index = len(self.storages)
-            self._storage_index[key] = index
-            self.storages.append(raw_bytes(storage.data_ptr(), storage.nbytes()))
+        if index is None:
+            index = self._storage_index[key] = len(self.spans)
+            self.spans.append([key, first, end])
+        else:
+            span = self.spans[index]
+            if first < end:  # an empty tensor widens nothing
+                span[1], span[2] = (
+                    (first, end)
+                    if span[1] == span[2]
+                    else (
+                        min(span[1], first),
+                        max(span[2], end),
+                    )
+                )
         return (
             _rebuild_tensor,
             (
@@ -241,7 +267,7 @@ class _Pickler(pickle.Pickler):
                 tensor.dtype,
                 tuple(tensor.size()),
                 tuple(tensor.stride()),
-                tensor.storage_offset(),
+                first,
                 tensor.requires_grad,
             ),
         )
@@ -298,14 +324,20 @@ class Encoder:
         finally:
             pickler.clear_memo()
         payload = buffer.getvalue()
-        storages, fds, keepalive = pickler.storages, pickler.fds, pickler.keepalive
+        spans, fds, keepalive = pickler.spans, pickler.fds, pickler.keepalive
         pickler.reset()
-        lengths = [len(storage) for storage in storages]
+        storages: list[memoryview] = []
+        table: list[int] = []
+        for address, first, end in spans:
+            base = first & ~(_BASE_ALIGNMENT - 1)  # keeps every dtype's alignment
+            storages.append(raw_bytes(address + base, end - base))
+            table += (end - base, base)
         prelude = _FIXED.pack(target, tag, len(storages), len(fds), len(payload))
-        if lengths:
-            prelude += struct.pack(f"<{len(lengths)}Q", *lengths)
+        if table:
+            prelude += struct.pack(f"<{len(table)}Q", *table)
         chunks: list[memoryview | bytes] = [prelude, payload, *storages]
-        return EncodedMessage(chunks, len(prelude) + len(payload) + sum(lengths), fds, keepalive)
+        nbytes = len(prelude) + len(payload) + sum(len(storage) for storage in storages)
+        return EncodedMessage(chunks, nbytes, fds, keepalive)
 
     def send(
         self,
@@ -374,10 +406,11 @@ def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
 
 def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds: list[int]) -> Any:
     first = message.first
-    table_end = _FIXED.size + 8 * n_storages
+    table_end = _FIXED.size + 16 * n_storages
     storages: list[torch.UntypedStorage] = []
     if message.complete:
-        lengths = struct.unpack_from(f"<{n_storages}Q", first, _FIXED.size)
+        table = struct.unpack_from(f"<{2 * n_storages}Q", first, _FIXED.size)
+        lengths, bases = table[0::2], table[1::2]
         payload: memoryview | bytearray = first[table_end : table_end + pickle_len]
         position = table_end + pickle_len
         for length in lengths:
@@ -388,9 +421,10 @@ def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds
     else:
         # The size table itself may span fragments when a message holds many tensors.
         message.skip(_FIXED.size)
-        table = bytearray(8 * n_storages)
-        message.readinto(memoryview(table))
-        lengths = struct.unpack(f"<{n_storages}Q", table)
+        raw_table = bytearray(16 * n_storages)
+        message.readinto(memoryview(raw_table))
+        table = struct.unpack(f"<{2 * n_storages}Q", raw_table)
+        lengths, bases = table[0::2], table[1::2]
         payload = bytearray(pickle_len)
         message.readinto(memoryview(payload))
         for length in lengths:
@@ -398,9 +432,11 @@ def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds
             message.readinto(raw_bytes(tensor.data_ptr(), length))
             storages.append(tensor.untyped_storage())
     _decoding.storages = storages
+    _decoding.bases = list(bases)
     _decoding.fds = fds
     try:
         return pickle.loads(payload)
     finally:
         _decoding.storages = []
+        _decoding.bases = []
         _decoding.fds = []
