@@ -21,6 +21,7 @@ import torch
 import torchtroupe as tt
 from bench.common import machine_markdown, markdown_table, median, percentile, replace_section, say
 from tests.gpu.gpu_actors import CudaWorker
+from torchtroupe.testing import kill_rank
 
 
 def _pipe_echo(connection: Connection) -> None:
@@ -129,7 +130,7 @@ def nccl_restarts(world_size: int, kills: int) -> list[float]:
         for _ in range(kills):
             restarted.clear()
             begin = time.perf_counter()
-            tt.testing.kill_rank(group, world_size - 1)
+            kill_rank(group, world_size - 1)
             if not restarted.wait(120):
                 raise RuntimeError("the NCCL group did not restart within 120 s")
             result = group.broadcast("all_reduce", 1.0, timeout=120)

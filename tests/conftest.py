@@ -40,6 +40,13 @@ def _persistent_helpers() -> None:
         process.kill()
         process.join(LONG_TIMEOUT)
         pytest.fail(f"warming the forkserver failed: exit code {process.exitcode}")
+    if torch.cuda.is_available():
+        # The CUDA context and the first CUDA IPC export open fds (a native pipe pair
+        # among them) that live as long as the process: make them part of the baseline.
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        reduce_tensor(torch.zeros(1, device="cuda"))
+        torch.cuda.synchronize()
 
 
 # What CUDA and torch's CUDA IPC keep for the life of the process, once a test first

@@ -15,6 +15,7 @@ import torch
 import torchtroupe as tt
 from tests.gpu.gpu_actors import CudaWorker
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
+from torchtroupe.testing import kill_rank
 
 pytestmark = pytest.mark.gpu
 
@@ -130,7 +131,7 @@ def test_a_killed_rank_restarts_a_nccl_group_that_all_reduces_again() -> None:
             == [float(world_size)] * world_size
         )
         old_pids = group.pids
-        tt.testing.kill_rank(group, world_size - 1)
+        kill_rank(group, world_size - 1)
         watch.wait_restarted(world_size)
         assert all(new != old for new, old in zip(group.pids, old_pids, strict=True))
         assert (
