@@ -17,6 +17,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
+PEERS_STAMP := $(VENV)/.installed-peers
 
 # Only the directories that exist yet: ruff and mypy fail on a missing path.
 LINT_PATHS := $(wildcard torchtroupe tests bench examples)
@@ -58,6 +59,14 @@ bench: $(BENCH_STAMP)
 		echo "== bench.$$module"; \
 		$(PY) -m bench.$$module; \
 	done
+
+$(PEERS_STAMP): $(STAMP)
+	$(PIP) install -e '.[peers]'
+	touch $@
+
+# torchtroupe against Pipe, Queue, collective_rpc, Ray and Monarch; rewrites the "peers" section.
+bench-peers: $(PEERS_STAMP)
+	$(PY) -m bench.peers
 
 $(DOCS_STAMP): $(STAMP)
 	$(PIP) install -e '.[docs]'
