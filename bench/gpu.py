@@ -163,10 +163,17 @@ def main() -> None:
             'No-op calls to ranks on GPUs (`devices="cuda"`; more ranks than GPUs share them), '
             "beside a `multiprocessing.Pipe` echo in the same run:",
             markdown_table(["what", "ranks", "median µs", "p99 µs", "Pipe / this"], calls),
-            "CUDA tensor sent to a rank on the same GPU and returned (IPC handles both ways), "
-            "beside a device-to-device clone of the same tensor:",
+            "A CUDA tensor sent to a rank on the same GPU (the rank answers its shape), and a "
+            "CUDA tensor the rank holds returned to the caller: both travel as IPC handles, "
+            "beside a device-to-device clone of the same size:",
             markdown_table(
-                ["tensor", "round trip median µs", "p99 µs", "clone median µs"], tensors
+                [
+                    "tensor",
+                    "to a rank, median µs",
+                    "back from a rank, median µs",
+                    "clone median µs",
+                ],
+                tensors,
             ),
             (
                 f"Restart of a {restart_world}-rank NCCL group, `one_for_all` (SIGKILL of one rank "
