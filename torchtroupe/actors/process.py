@@ -129,9 +129,10 @@ def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
     return RankProcess(boot.rank, process, writer, channel, process.pid, process.sentinel)
 
 
-def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
+def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KILL_WAIT_S) -> None:
     """Ends ``ranks``: waits ``graceful_s`` for them to exit (a STOP request was
-    sent already, or they are dying), then SIGTERM, then SIGKILL, and reaps all.
+    sent already, or they are dying), then SIGTERM and ``term_s`` more, then
+    SIGKILL, and reaps all.
     """
     ranks = [rank for rank in ranks if not rank.reaped]
     deadline = time.monotonic() + graceful_s
@@ -142,7 +143,7 @@ def stop(ranks: Sequence[RankProcess], *, graceful_s: float) -> None:
             break
         for rank in alive:
             _send_signal(rank.process, signal_number)
-        _wait_exited(alive, time.monotonic() + _KILL_WAIT_S)
+        _wait_exited(alive, time.monotonic() + term_s)
     for rank in ranks:
         rank.process.join()
         rank.reaped_exitcode = rank.process.exitcode

@@ -45,6 +45,8 @@ from .router import CallSlot, ReplyRouter
 
 STARTING, READY, DEAD = "starting", "ready", "dead"
 _FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
+_RESTART_TERM_S = 1.0
+_SHUTDOWN_TERM_S = 5.0
 _group_numbers = itertools.count()
 
 
@@ -470,7 +472,10 @@ class GroupRuntime:
             victims.append((rank, process))
         if graceful_s > 0 and victims:
             self._send_stop(graceful_s, [rank for rank, _ in victims])
-        stop([process for _, process in victims], graceful_s=graceful_s)
+        # Ranks stopped without grace (a restart, a give-up) get a short SIGTERM window:
+        # a CUDA/NCCL process can take seconds to tear down, and its state is discarded.
+        term_s = _RESTART_TERM_S if graceful_s == 0 else _SHUTDOWN_TERM_S
+        stop([process for _, process in victims], graceful_s=graceful_s, term_s=term_s)
         for rank, process in victims:
             if self.states[rank] != DEAD:
                 self._fail_rank(rank, process, process.exitcode, reason)
