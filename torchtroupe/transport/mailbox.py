@@ -10,12 +10,12 @@ without copying them, then answers on reply ring ``i``. Everything lives in one
     line 2 + 2i   rank i's request bell (rank i parks here for requests)
     line 3 + 2i   rank i's room bell    (rank i parks here when its reply ring is full)
     ...
-
-Each waiting reason has its own bell, so a caller that frees reply room never
-wakes a rank parked for requests (and vice versa).
     request ring  writer: caller; readers: ranks 0..n-1
     reply ring 0  writer: rank 0;  reader: caller
     ...
+
+Each waiting reason has its own bell, so a caller that frees reply room never
+wakes a rank parked for requests (and vice versa).
 """
 
 from __future__ import annotations
