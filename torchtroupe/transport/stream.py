@@ -209,16 +209,22 @@ class MessageReader:
         self.ring = ring
         self.resync = False
 
-    def _skip_continuation(self) -> bool:
-        """Consumes one record of an abandoned message; False once back in step."""
+    def _skip_continuation(self) -> None:
+        """Consumes one record of an abandoned message; back in step after its last
+        fragment (or an ABORT record)."""
         reader = self.ring
-        if reader.kind == ABORT:
-            reader.consume()
-            self.resync = False
-            return True
-        more = reader.more
+        self.resync = reader.kind != ABORT and reader.more
         reader.consume()
-        self.resync = more
+
+    def _starts_a_message(self) -> bool:
+        """Whether the record just received starts a message; consumes it if not
+        (an ABORT, or what is left of a message a read gave up on)."""
+        if self.resync:
+            self._skip_continuation()
+            return False
+        if self.ring.kind == ABORT:
+            self.ring.consume()
+            return False
         return True
 
     def receive(self, *, deadline: float | None, alive: Alive = None) -> IncomingMessage:
@@ -228,31 +234,19 @@ class MessageReader:
             TimeoutError: Nothing arrived before the deadline.
             ChannelClosedError, ChannelBrokenError: From the ring.
         """
-        reader = self.ring
         while True:
-            first = reader.receive(deadline=deadline, alive=alive)
-            if self.resync:
-                self._skip_continuation()
-                continue
-            if reader.kind == ABORT:
-                reader.consume()
-                continue
-            return IncomingMessage(self, first, deadline, alive)
+            first = self.ring.receive(deadline=deadline, alive=alive)
+            if self._starts_a_message():
+                return IncomingMessage(self, first, deadline, alive)
 
     def poll(self, *, deadline: float | None = None, alive: Alive = None) -> IncomingMessage | None:
         """Returns the next message if its first fragment has arrived, else None.
 
         ``deadline`` and ``alive`` bound the waits for the message's later fragments.
         """
-        reader = self.ring
         while True:
-            first = reader.poll()
+            first = self.ring.poll()
             if first is None:
                 return None
-            if self.resync:
-                self._skip_continuation()
-                continue
-            if reader.kind == ABORT:
-                reader.consume()
-                continue
-            return IncomingMessage(self, first, deadline, alive)
+            if self._starts_a_message():
+                return IncomingMessage(self, first, deadline, alive)
