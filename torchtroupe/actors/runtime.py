@@ -268,7 +268,7 @@ class GroupRuntime:
             raise ChannelBrokenError(f"rank {rank} has no process to receive fds from")
         return process.fd_channel.receive(tag, count, timeout=_FD_TIMEOUT_S)
 
-    def send_fds(self, target: int, tag: int, fds: list[int], deadline: float | None) -> None:
+    def send_fds(self, target: int, tag: int, fds: Sequence[int], deadline: float | None) -> None:
         """Passes ``fds`` for message ``tag`` to ``target`` (or every live rank).
 
         Call with the send lock held, before the message is published. A rank that

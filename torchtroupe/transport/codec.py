@@ -39,7 +39,7 @@ import pickle
 import struct
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -287,8 +287,8 @@ class EncodedMessage(NamedTuple):
 
     chunks: list[memoryview | bytes]
     nbytes: int
-    fds: list[int]
-    keepalive: list[torch.Tensor]
+    fds: Sequence[int]
+    keepalive: Sequence[torch.Tensor]
 
 
 class Encoder:
@@ -314,10 +314,10 @@ class Encoder:
         buffer, pickler = self._buffer, self._pickler
         buffer.seek(0)
         buffer.truncate()
-        pickler.reset()
         try:
             pickler.dump(obj)
         except Exception as error:
+            pickler.reset()
             raise TypeError(
                 f"torchtroupe cannot send this value: {type(error).__name__}: {error}"
             ) from error
@@ -325,6 +325,9 @@ class Encoder:
             pickler.clear_memo()
         payload = buffer.getvalue()
         spans, fds, keepalive = pickler.spans, pickler.fds, pickler.keepalive
+        if not spans and not fds and not keepalive:  # the common case: no tensors
+            prelude = _FIXED.pack(target, tag, 0, 0, len(payload))
+            return EncodedMessage([prelude, payload], len(prelude) + len(payload), (), ())
         pickler.reset()
         storages: list[memoryview] = []
         table: list[int] = []
@@ -392,6 +395,8 @@ def decode(message: IncomingMessage, fds: FdSource | None = None) -> Any:
 def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
     first = message.first
     _, tag, n_storages, n_fds, pickle_len = _FIXED.unpack_from(first)
+    if not n_storages and not n_fds and message.complete:  # the common case: no tensors
+        return pickle.loads(first[_FIXED.size : _FIXED.size + pickle_len])
     received: list[int] = []
     if n_fds:
         if fd_source is None:
