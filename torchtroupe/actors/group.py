@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import CallTimeoutError, GroupClosedError, GroupError
+from ..errors import (
+    CallTimeoutError,
+    ChannelBrokenError,
+    ChannelClosedError,
+    GroupClosedError,
+    GroupError,
+)
 from ..transport.codec import TARGET_ALL
 from .actor import check_call
 from .messages import CALL, RUN, Request
@@ -99,13 +105,20 @@ class ActorGroup:
         runtime = self._runtime
         while True:
             runtime.wait_ready(ranks, deadline)
-            with runtime.send_lock:
+            wait_s = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not runtime.send_lock.acquire(timeout=wait_s):
+                raise CallTimeoutError(
+                    f"other callers of group {self.name!r} held the request ring past the deadline"
+                )
+            try:
                 runtime.raise_if_closed()
                 seq = next(runtime.sequence)
                 slots = [CallSlot(seq, rank, requests[0][1].name) for rank in ranks]
                 if self._register(slots):
                     self._write(runtime, seq, requests, ranks, slots, deadline)
                     return slots
+            finally:
+                runtime.send_lock.release()
             # A rank is between incarnations (its death is being recorded): wait for it.
             runtime.wait_changed(_TRANSITION_WAIT_S)
 
@@ -154,6 +167,8 @@ class ActorGroup:
                 )
         except BaseException as error:
             router.forget(slots)
+            if isinstance(error, (ChannelBrokenError, ChannelClosedError)) and runtime.closed:
+                raise GroupClosedError(f"group {self.name!r} was shut down") from error
             if not isinstance(error, TimeoutError):
                 raise
             raise CallTimeoutError(
@@ -230,7 +245,7 @@ class ActorGroup:
 
         def on_done(_: CallSlot) -> None:
             router.async_resolved()
-            try_complete()
+            router.after_pump(try_complete)  # user callbacks never run under the pump
 
         pending = [slot for slot in slots if not slot.done]
         for slot in pending:

@@ -150,7 +150,6 @@ def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KI
         rank.reaped = True
         rank.process.close()
         rank.death_pipe.close()
-        rank.fd_channel.close()
 
 
 def _send_signal(process: BaseProcess, signal_number: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -104,6 +105,8 @@ class ReplyRouter:
         self._on_control = on_control
         self._lock = threading.Lock()
         self._pump = threading.Lock()
+        self._pump_owner: int | None = None  # thread ident of the pump's holder
+        self._deferred: deque[Callable[[], None]] = deque()
         self._changed = threading.Condition(threading.Lock())
         self._pending: dict[int, CallSlot] = {}
         self._readable = [False] * end.layout.world_size
@@ -157,7 +160,7 @@ class ReplyRouter:
                 if all(slot.done for slot in slots):
                     return
                 raise CallTimeoutError(what())
-            if self._pump.acquire(blocking=False):
+            if self._take_pump():
                 try:
                     while not self._closed and not all(slot.done for slot in slots):
                         if not self._pump_once(deadline):
@@ -183,17 +186,39 @@ class ReplyRouter:
             with self._changed:
                 self._changed.notify_all()
 
+    def _take_pump(self) -> bool:
+        if not self._pump.acquire(blocking=False):
+            return False
+        self._pump_owner = threading.get_ident()
+        return True
+
     def _release_pump(self) -> None:
-        self._pump.release()
-        self._notify()
-        # A death queued while we were letting go must not wait for the next caller.
-        if self._deaths and self._pump.acquire(blocking=False):
+        """Lets go of the pump, then runs what was deferred while holding it."""
+        while True:
+            self._pump_owner = None
+            self._pump.release()
+            self._notify()
+            while self._deferred:
+                self._deferred.popleft()()
+            # A death queued while we were letting go must not wait for the next caller.
+            if not self._deaths or not self._take_pump():
+                return
             try:
                 if not self._closed:
                     self._drain()
-            finally:
+            except BaseException:
+                self._pump_owner = None
                 self._pump.release()
-                self._notify()
+                raise
+
+    def after_pump(self, function: Callable[[], None]) -> None:
+        """Runs ``function`` now, or, if this thread holds the pump, right after it lets
+        go: code run on completion (user callbacks of futures) may call into the group,
+        and must never run while this thread blocks every other reader."""
+        if self._pump_owner == threading.get_ident():
+            self._deferred.append(function)
+        else:
+            function()
 
     def _pump_once(self, deadline: float | None) -> bool:
         """Drains once, or waits for something to drain. False once the deadline passed."""
@@ -273,7 +298,7 @@ class ReplyRouter:
 
     def drain_now(self) -> None:
         """Reads whatever replies are waiting, if no other thread is reading them."""
-        if self._pump.acquire(blocking=False):
+        if self._take_pump():
             try:
                 if not self._closed:
                     self._drain()
@@ -364,7 +389,7 @@ class ReplyRouter:
                     finally:
                         self._sleepers -= 1
                     continue
-            if self._pump.acquire(blocking=False):
+            if self._take_pump():
                 try:
                     slice_end = time.monotonic() + _SLICE_S
                     while (
@@ -376,21 +401,31 @@ class ReplyRouter:
                 finally:
                     self._release_pump()
 
-    def close(self) -> None:
+    def close(self, timeout: float) -> bool:
         """Stops the async-reply thread and all reading of the rings, for good.
 
-        Unanswered calls must have been failed first. Once this returns, no thread
-        of the router touches the rings, so their memory may be released.
+        Unanswered calls must have been failed first.
+
+        Returns:
+            True once no thread of the router is inside the rings, so their memory
+            may be released; False if one still was after ``timeout`` seconds (a
+            signal handler interrupted it, say).
         """
         with self._changed:
             self._closed = True
             self._changed.notify_all()
         self._end.reply_bell.interrupt()
+        with self._lock:
+            deaths, self._deaths = self._deaths, []
+        for _, _, processed in deaths:
+            processed.set()  # nobody will drain them now
         thread = self._async_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with self._pump:  # waits out a drain in progress (a poke, a late waiter)
-            pass
+            thread.join(timeout)
+        if not self._pump.acquire(timeout=timeout):  # a drain in progress (a poke, a waiter)
+            return False
+        self._pump.release()
+        return True
 
     def fail_all(self, make_error: Callable[[CallSlot], BaseException]) -> None:
         """Fails every outstanding call (the group is closing)."""

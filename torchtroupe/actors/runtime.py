@@ -34,7 +34,7 @@ from ..errors import (
 from ..supervision.events import EventLog, SupervisionEvent
 from ..supervision.monitor import Monitor
 from ..supervision.policy import RestartPolicy, SpawnOptions
-from ..supervision.signals import handlers_installed
+from ..supervision.signals import handlers_installed, stopping_on_sigterm
 from ..transport.codec import TARGET_ALL, Encoder, dumps_by_value
 from ..transport.mailbox import CallerEnd, MailboxLayout
 from ..transport.ring import BROKEN, detach_reader
@@ -46,6 +46,7 @@ from .router import CallSlot, ReplyRouter
 STARTING, READY, DEAD = "starting", "ready", "dead"
 _FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
 _RESTART_TERM_S = 1.0
+_QUIESCE_S = 5.0  # how long shutdown waits for a thread still inside the rings
 _SHUTDOWN_TERM_S = 5.0
 _group_numbers = itertools.count()
 
@@ -135,6 +136,8 @@ class GroupRuntime:
         slots: list[CallSlot] = []
         with self.send_lock:
             for rank in ranks:
+                if self.gave_up is not None:
+                    raise GroupClosedError(f"group {self.name!r} gave up") from self.gave_up
                 if self.closed:
                     raise GroupClosedError(f"group {self.name!r} was shut down while starting")
                 self.layout.reset_rank(rank, self.end.requests.ring)
@@ -282,6 +285,8 @@ class GroupRuntime:
                 continue
             try:
                 process.fd_channel.send(tag, fds, timeout)
+            except TimeoutError:
+                raise  # the call fails: publishing without its fds would stall the rank
             except (ChannelBrokenError, OSError):
                 continue
 
@@ -330,7 +335,7 @@ class GroupRuntime:
             self.states[rank] = DEAD
             self.deaths[rank] = error
             self._changed.notify_all()
-        self.router.note_death(rank, error).wait()
+        self.router.note_death(rank, error).wait(_QUIESCE_S)
 
     # -- restarts -------------------------------------------------------------------
 
@@ -475,10 +480,23 @@ class GroupRuntime:
         # Ranks stopped without grace (a restart, a give-up) get a short SIGTERM window:
         # a CUDA/NCCL process can take seconds to tear down, and its state is discarded.
         term_s = _RESTART_TERM_S if graceful_s == 0 else _SHUTDOWN_TERM_S
+        died_first = [(rank, p) for rank, p in victims if p.exitcode is not None]
         stop([process for _, process in victims], graceful_s=graceful_s, term_s=term_s)
+        for rank, process in died_first:  # dead before we stopped it: still an exit
+            self.events.record(
+                SupervisionEvent(
+                    "exited",
+                    self.name,
+                    rank,
+                    process.pid,
+                    process.exitcode,
+                    describe_exit(process.exitcode),
+                )
+            )
         for rank, process in victims:
             if self.states[rank] != DEAD:
                 self._fail_rank(rank, process, process.exitcode, reason)
+            process.fd_channel.close()  # after the drain: its last replies may carry fds
             with self._changed:
                 if self.ranks[rank] is process:
                     self.ranks[rank] = None
@@ -509,6 +527,10 @@ class GroupRuntime:
             self.closed = True
             self._closing.set()
             self._changed.notify_all()
+        closed = GroupClosedError(f"group {self.name!r} was shut down")
+        # Waiting calls fail now; a restart in progress sees its ranks' start fail and
+        # stops what it started, so joining it below does not wait for an __init__.
+        self.router.fail_all(lambda slot: closed)
         with self._changed:
             restarts = list(self._restart_threads)
         for thread in restarts:
@@ -518,13 +540,26 @@ class GroupRuntime:
             live = [r for r in range(self.world_size) if self.ranks[r] is not None]
             if live and timeout > 0:
                 self._send_stop(timeout, live)
+            # A caller parked on a full request ring raises instead of writing on.
+            self.layout.request_ring().set_state(BROKEN)
             processes = [p for p in self.ranks if p is not None]
             for process in processes:
                 self.monitor.unwatch(process.sentinel)
             stop(processes, graceful_s=timeout)
+            for process in processes:
+                process.fd_channel.close()
             self.ranks = [None] * self.world_size
-        self.router.fail_all(lambda slot: GroupClosedError(f"group {self.name!r} was shut down"))
-        self.router.close()
+        self.router.fail_all(lambda slot: closed)
+        # Under our SIGTERM handler the interrupted main thread may hold the pump and
+        # cannot let go until we are done: do not wait for it (the process is ending).
+        quiesce_s = 0.0 if stopping_on_sigterm() else _QUIESCE_S
+        quiet = self.router.close(timeout=quiesce_s)
         if self._owns_monitor:
             self.monitor.close()
-        self.layout.region.release()  # nothing reads the rings any more
+        # The memory goes only once no thread can be inside a ring: the router is quiet
+        # and no sender holds the send lock. Otherwise it goes with the group object.
+        if quiet and self.send_lock.acquire(timeout=quiesce_s):
+            try:
+                self.layout.region.release()
+            finally:
+                self.send_lock.release()

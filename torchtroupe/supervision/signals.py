@@ -41,8 +41,15 @@ class SignalTarget(Protocol):
 
 
 _roots: list[weakref.ref[Any]] = []
+_in_sigterm = threading.Event()  # set while our SIGTERM handler stops the trees
 _previous: dict[int, Any] = {}
 _lock = threading.Lock()
+
+
+def stopping_on_sigterm() -> bool:
+    """True while our SIGTERM handler is stopping the trees: the interrupted main
+    thread cannot let go of anything it holds until the stop is over."""
+    return _in_sigterm.is_set()
 
 
 def handlers_installed() -> bool:
@@ -102,8 +109,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Stop on another thread: the interrupted main thread may hold a lock the stop
     # needs. If it does, the ranks still end through their death pipes when we exit.
     stopper = threading.Thread(target=stop_all, name="torchtroupe-sigterm")
-    stopper.start()
-    stopper.join(_STOP_ON_SIGTERM_S)
+    _in_sigterm.set()
+    try:
+        stopper.start()
+        stopper.join(_STOP_ON_SIGTERM_S)
+    finally:
+        _in_sigterm.clear()
     if _chain(signum, frame):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -286,7 +286,7 @@ class Supervisor:
 
     def _restart(self, failed: _Child, affected: list[_Child]) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or self.gave_up is not None:
                 return
             reason = (
                 f"restarted by supervisor {self.name!r} ({self._spec.strategy}) "
