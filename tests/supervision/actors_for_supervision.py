@@ -106,3 +106,19 @@ class Trainer(tt.Actor):
     def process_group_info(self) -> tuple[int, int, int]:
         """``(rank, world_size, steps)`` as torch.distributed and this actor see them."""
         return dist.get_rank(), dist.get_world_size(), self.steps
+
+
+class CrashesOnSecondStart(tt.Actor):
+    """Counts its incarnations in a file; the second one dies in ``__init__``."""
+
+    def __init__(self, count_path: str) -> None:
+        with open(count_path, "a+", encoding="utf-8") as counter:
+            counter.seek(0)
+            starts = len(counter.read())
+            counter.write("x")
+        if starts == 1:
+            os._exit(3)
+
+    @tt.endpoint
+    def pid(self) -> int:
+        return os.getpid()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
 
 import torchtroupe as tt
-from tests.supervision.actors_for_supervision import Counter
+from tests.supervision.actors_for_supervision import Counter, CrashesOnSecondStart
 from tests.supervision.events_for_tests import EventRecorder
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.testing import kill_rank
@@ -216,3 +217,19 @@ def test_restart_policy_rejects_a_bad_value_naming_the_field(field: str, value: 
     assert isinstance(invalid.value, ValueError)
     assert field in str(invalid.value)
     assert [error["loc"] for error in invalid.value.errors()] == [(field,)]
+
+
+def test_a_rank_dying_in_init_during_a_restart_is_restarted_again(tmp_path: Path) -> None:
+    recorder = EventRecorder()
+    policy = tt.RestartPolicy(strategy="one_for_one", max_restarts=5, within_s=60)
+    count_path = str(tmp_path / "starts")
+    with tt.spawn(
+        CrashesOnSecondStart, args=(count_path,), restart=policy, on_event=recorder
+    ) as group:
+        kill_rank(group, 0)
+        recorder.wait_for("restarted", rank=0)
+        assert group[0].call("pid", timeout=LONG_TIMEOUT) == group.pids[0]
+    kinds = [event.kind for event in recorder.events]
+    assert kinds.count("exited") == 2  # the killed rank, then the one that died starting
+    assert kinds.count("restarting") == 2  # one restart per failure, none in parallel
+    assert "gave_up" not in kinds

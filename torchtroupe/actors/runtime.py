@@ -299,6 +299,7 @@ class GroupRuntime:
         with self._changed:
             if self.closed or self.ranks[rank] is not process:
                 return
+            starting = self.states[rank] == STARTING
             self._deciding = True
         try:
             self._fail_rank(rank, process, exitcode, reason=None)
@@ -309,8 +310,10 @@ class GroupRuntime:
                     "exited", self.name, rank, process.pid, exitcode, describe_exit(exitcode)
                 )
             )
+            if starting:
+                return  # its start fails; the thread running that start decides what next
             if self.options.restart is not None:
-                self._apply_policy(rank, self.options.restart)
+                self._apply_policy(rank, self.options.restart, death)
             elif self.on_failure is not None:
                 self.on_failure(death, exitcode == 0)
         finally:
@@ -339,9 +342,10 @@ class GroupRuntime:
 
     # -- restarts -------------------------------------------------------------------
 
-    def _apply_policy(self, rank: int, policy: RestartPolicy) -> None:
+    def _apply_policy(self, rank: int, policy: RestartPolicy, failure: BaseException) -> None:
+        """Counts ``failure`` of ``rank`` against the policy: restart, or give up."""
         now = time.monotonic()
-        self._failures.append(self.deaths[rank])  # type: ignore[arg-type]
+        self._failures.append(failure)
         self._restart_times.append(now)
         while self._restart_times and now - self._restart_times[0] > policy.within_s:
             self._restart_times.popleft()
@@ -404,14 +408,22 @@ class GroupRuntime:
         try:
             self.start(targets, self.options.timeout)
         except (ActorInitError, GroupClosedError) as error:
-            if not self.closed:
-                failure = SupervisionError(
-                    f"group {self.name!r} could not restart: {error}", [*self._failures, error]
+            if self.closed or self.gave_up is not None:
+                return False
+            policy = self.options.restart
+            if policy is not None and isinstance(error, ActorInitError):
+                self._apply_policy(error.rank, policy, error)  # one more failed restart
+            elif self.on_failure is not None:
+                self.on_failure(
+                    SupervisionError(f"group {self.name!r} could not restart: {error}", [error]),
+                    False,
                 )
-                if self.on_failure is not None:
-                    self.on_failure(failure, False)
-                else:
-                    self.fail(failure)
+            else:
+                self.fail(
+                    SupervisionError(
+                        f"group {self.name!r} could not restart: {error}", [*self._failures, error]
+                    )
+                )
             return False
         for rank in targets:
             process = self.ranks[rank]
@@ -480,7 +492,9 @@ class GroupRuntime:
         # Ranks stopped without grace (a restart, a give-up) get a short SIGTERM window:
         # a CUDA/NCCL process can take seconds to tear down, and its state is discarded.
         term_s = _RESTART_TERM_S if graceful_s == 0 else _SHUTDOWN_TERM_S
-        died_first = [(rank, p) for rank, p in victims if p.exitcode is not None]
+        died_first = [  # dead on their own, and their exit not yet seen by the monitor
+            (rank, p) for rank, p in victims if p.exitcode is not None and self.states[rank] != DEAD
+        ]
         stop([process for _, process in victims], graceful_s=graceful_s, term_s=term_s)
         for rank, process in died_first:  # dead before we stopped it: still an exit
             self.events.record(

@@ -139,7 +139,8 @@ class Supervisor:
         self._owns_monitor = monitor is None
         self._monitor = monitor or Monitor(f"torchtroupe-supervisor-{spec.name}", self._poke_groups)
         self._children = [_Child(child) for child in spec.children]
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # decisions only: never held while acting
+        self._acting = threading.RLock()  # one restart or give-up at a time
         self._restart_times: deque[float] = deque()
         self._failures: list[BaseException] = []
         self._threads: list[threading.Thread] = []
@@ -285,9 +286,16 @@ class Supervisor:
             self._threads.append(thread)
 
     def _restart(self, failed: _Child, affected: list[_Child]) -> None:
-        with self._lock:
-            if self._closed or self.gave_up is not None:
-                return
+        """Restart thread: stops ``affected`` (reverse order) and starts them again.
+
+        Decisions are taken under ``_lock``; the stopping and starting, which can take
+        seconds, happen outside it (under ``_acting``), so the tree's monitor thread
+        never waits behind a restart and no lock is held while calling the parent.
+        """
+        with self._acting:
+            with self._lock:
+                if self._closed or self.gave_up is not None:
+                    return
             reason = (
                 f"restarted by supervisor {self.name!r} ({self._spec.strategy}) "
                 f"after {failed.name!r} failed"
@@ -298,29 +306,33 @@ class Supervisor:
             try:
                 self._start_children(affected)
             except Exception as error:
-                self._failures.append(error)
+                with self._lock:
+                    self._failures.append(error)
                 self._give_up()
 
     def _give_up(self) -> None:
-        with self._lock:
-            if self._closed or self.gave_up is not None:
-                return
-            failures = _flatten(self._failures)
-            error = SupervisionError(
-                f"supervisor {self.name!r} gave up: more than {self._spec.max_restarts} restarts "
-                f"within {self._spec.within_s}s; root cause: {failures[0] if failures else '?'}",
-                failures,
-            )
+        with self._acting:
+            with self._lock:
+                if self._closed or self.gave_up is not None:
+                    return
+                failures = _flatten(self._failures)
+                error = SupervisionError(
+                    f"supervisor {self.name!r} gave up: more than {self._spec.max_restarts} "
+                    f"restarts within {self._spec.within_s}s; "
+                    f"root cause: {failures[0] if failures else '?'}",
+                    failures,
+                )
+                if self._parent is None:
+                    self.gave_up = error
             self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
             for child in reversed(self._children):
                 self._stop_child(child, "its supervisor gave up")
-            if self._parent is not None:
-                parent_child = next(c for c in self._parent._children if c.supervisor is self)
-                self._parent._child_failed(parent_child, error, False)
-                return
-            self.gave_up = error
-            for group in self.groups():
-                group._runtime.fail(error)
+        if self._parent is not None:  # our locks are released: the parent takes its own
+            parent_child = next(c for c in self._parent._children if c.supervisor is self)
+            self._parent._child_failed(parent_child, error, False)
+            return
+        for group in self.groups():
+            group._runtime.fail(error)
         if fatal_hook.handler is not None:
             fatal_hook.handler(f"a supervision tree in this rank gave up: {error}")
 
@@ -349,14 +361,15 @@ class Supervisor:
                 return
             self._closed = True
             threads = list(self._threads)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        # Children first: a restart thread waiting on a child's start is released by it.
         for child in reversed(self._children):
             if child.group is not None:
                 child.group.shutdown(child.spec.shutdown_s)
             elif child.supervisor is not None:
                 child.supervisor.shutdown()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
         if self._owns_monitor:
             self._monitor.close()
 
