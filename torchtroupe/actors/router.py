@@ -110,7 +110,7 @@ class ReplyRouter:
         self._changed = threading.Condition(threading.Lock())
         self._pending: dict[int, CallSlot] = {}
         self._readable = [False] * end.layout.world_size
-        self._deaths: list[tuple[int, ActorDiedError, threading.Event]] = []
+        self._deaths: list[tuple[int, Callable[[], ActorDiedError], threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
         self._async_deadlines: list[tuple[float, list[CallSlot], Callable[[], str]]] = []
@@ -307,14 +307,16 @@ class ReplyRouter:
 
     note_poke = drain_now
 
-    def note_death(self, rank: int, error: ActorDiedError) -> threading.Event:
+    def note_death(self, rank: int, make_error: Callable[[], ActorDiedError]) -> threading.Event:
         """Queues ``rank``'s death; the returned event is set once it was processed.
 
         Runs in the monitor thread, after the rank's reply ring was marked broken.
+        ``make_error`` is called once the rank's last replies are drained, before its
+        outstanding calls fail with the error it returns.
         """
         processed = threading.Event()
         with self._lock:
-            self._deaths.append((rank, error, processed))
+            self._deaths.append((rank, make_error, processed))
         self._end.reply_bell.interrupt()
         self.drain_now()
         return processed
@@ -322,8 +324,9 @@ class ReplyRouter:
     def _process_deaths(self) -> None:
         with self._lock:
             deaths, self._deaths = self._deaths, []
-        for rank, error, processed in deaths:
+        for rank, make_error, processed in deaths:
             self._drain_rank(rank, self._end.replies[rank].poll)
+            error = make_error()
             with self._lock:
                 self._readable[rank] = False
                 failed = [slot for slot in self._pending.values() if slot.rank == rank]

@@ -327,18 +327,27 @@ class GroupRuntime:
         self.layout.reply_ring(rank).set_state(BROKEN)
         detach_reader(self.layout.request_ring(), rank)
         self.router.drain_now()
-        error = ActorDiedError(
-            rank=rank,
-            pid=process.pid,
-            exitcode=exitcode,
-            group=self.name,
-            reason=self._fatal_reasons.pop(rank, None) or reason,
-        )
-        with self._changed:  # dead before its calls fail: a caller that catches sees it
-            self.states[rank] = DEAD
-            self.deaths[rank] = error
-            self._changed.notify_all()
-        self.router.note_death(rank, error).wait(_QUIESCE_S)
+
+        def record_death() -> ActorDiedError:
+            # Called once the rank's last replies were drained, so a FATAL report it
+            # sent before dying is known; and before its calls fail, so a caller that
+            # catches ActorDiedError already sees the rank dead.
+            error = ActorDiedError(
+                rank=rank,
+                pid=process.pid,
+                exitcode=exitcode,
+                group=self.name,
+                reason=self._fatal_reasons.pop(rank, None) or reason,
+            )
+            with self._changed:
+                self.states[rank] = DEAD
+                self.deaths[rank] = error
+                self._changed.notify_all()
+            return error
+
+        processed = self.router.note_death(rank, record_death).wait(_QUIESCE_S)
+        if not processed or self.states[rank] != DEAD:
+            record_death()  # the router is closed (or stuck): record it here
 
     # -- restarts -------------------------------------------------------------------
 
