@@ -105,6 +105,14 @@ def cuda_transfers(sizes_mib: list[int], count: int) -> list[list[object]]:
     return rows
 
 
+def nccl_all_reduces(world_size: int, count: int) -> list[float]:
+    """Seconds per broadcast of an endpoint that all-reduces 4 floats over NCCL."""
+    with tt.spawn(CudaWorker, world_size=world_size, devices="cuda", distributed="nccl") as group:
+        expected = [float(world_size)] * world_size
+        assert group.broadcast("all_reduce", 1.0, timeout=120) == expected
+        return time_calls(lambda: group.broadcast("all_reduce", 1.0, timeout=120), count)
+
+
 def nccl_restarts(world_size: int, kills: int) -> list[float]:
     """Seconds from SIGKILL of one rank to a working all-reduce in the new NCCL group."""
     restarted = threading.Event()
@@ -149,13 +157,14 @@ def main() -> None:
     if gpus == 0:
         raise SystemExit("bench.gpu needs CUDA")
     count = 300 if args.quick else 3000
-    world_sizes = sorted({1, *[n for n in (2, 4) if n <= gpus], 2 * gpus if gpus >= 2 else 2})
+    world_sizes = sorted({1, *[n for n in (2, 4, 8) if n <= gpus], 2 * gpus if gpus >= 2 else 2})
     say(f"GPUs: {gpus} x {torch.cuda.get_device_name(0)}; cores: {os.cpu_count()}")
     calls = call_and_broadcast(world_sizes, count)
     sizes = [1, 16, 256] if args.quick else [1, 16, 256, 1024]
     tensors = cuda_transfers(sizes, 20 if args.quick else 100)
-    restart_world = min(4, gpus) if gpus >= 2 else 1
+    restart_world = min(8, gpus) if gpus >= 2 else 1
     restarts = nccl_restarts(restart_world, 2 if args.quick else 5) if gpus >= 2 else []
+    reduces = nccl_all_reduces(restart_world, 50 if args.quick else 500) if gpus >= 2 else []
     body = "\n\n".join(
         [
             "## GPU",
@@ -175,6 +184,13 @@ def main() -> None:
                 ],
                 tensors,
             ),
+            (
+                f"NCCL all-reduce of 4 floats in a {restart_world}-rank group, one rank a GPU, "
+                f"called by a broadcast: median {median(reduces) * 1e6:.0f} µs, "
+                f"p99 {percentile(reduces, 99) * 1e6:.0f} µs."
+            )
+            if reduces
+            else "NCCL all-reduce: needs 2 or more GPUs.",
             (
                 f"Restart of a {restart_world}-rank NCCL group, `one_for_all` (SIGKILL of one rank "
                 f"→ a new process group all-reduces correctly), over {len(restarts)} kills: "

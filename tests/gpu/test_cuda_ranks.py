@@ -25,7 +25,7 @@ def gpu_count() -> int:
 
 
 def rank_counts() -> list[int]:
-    return [n for n in (2, 4) if n <= gpu_count()] or [1]
+    return [n for n in (2, 4, 8) if n <= gpu_count()] or [1]
 
 
 class RestartWatch:
