@@ -20,7 +20,6 @@ Nothing is pinned to a core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import time
@@ -40,6 +39,7 @@ from bench.common import (
     say,
     shm_entries,
 )
+from bench.peers.executor import PipeExecutor
 
 TIMEOUT_S = 60.0  # no single wait of this benchmark should come near this
 JOIN_TIMEOUT_S = 10.0
@@ -91,65 +91,6 @@ class RpcWorker:
 
     def whoami(self) -> int:
         return self.rank
-
-
-def rpc_worker_main(rank: int, connection: Any) -> None:
-    """vLLM-style worker loop: receive ``(method, args)``, run it, send ``(ok, result)``."""
-    worker = RpcWorker(rank)
-    while True:
-        method, args = connection.recv()
-        if method is None:
-            return
-        try:
-            connection.send((True, getattr(worker, method)(*args)))
-        except Exception as error:  # sent back, as vLLM's executor does
-            connection.send((False, repr(error)))
-
-
-class PipeExecutor:
-    """A vLLM-style ``collective_rpc`` executor: one worker process and one Pipe per rank.
-
-    ``collective_rpc`` sends ``(method, args)`` to every worker, then collects every
-    reply in rank order.
-    """
-
-    def __init__(self, context: Any, world_size: int) -> None:
-        self.processes: list[Any] = []
-        self.connections: list[Any] = []
-        try:
-            for rank in range(world_size):
-                ours, theirs = context.Pipe(duplex=True)
-                process = context.Process(target=rpc_worker_main, args=(rank, theirs), daemon=True)
-                process.start()
-                theirs.close()
-                self.processes.append(process)
-                self.connections.append(ours)
-        except BaseException:
-            self.shutdown(graceful=False)
-            raise
-
-    def collective_rpc(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
-        for connection in self.connections:
-            connection.send((method, args))
-        results = []
-        for rank, connection in enumerate(self.connections):
-            if timeout is not None and not connection.poll(timeout):
-                raise TimeoutError(f"worker {rank} did not answer {method!r} in {timeout} s")
-            ok, result = connection.recv()
-            if not ok:
-                raise RuntimeError(f"worker {rank} failed: {result}")
-            results.append(result)
-        return results
-
-    def shutdown(self, graceful: bool = True) -> None:
-        for connection in self.connections:
-            if graceful:
-                with contextlib.suppress(OSError):
-                    connection.send((None, ()))
-        _reap(self.processes, graceful)
-        for connection in self.connections:
-            connection.close()
-        self.processes, self.connections = [], []
 
 
 def bare_child(connection: Any) -> None:
@@ -231,18 +172,16 @@ def pipe_echo(context: Any, iterations: int, warmup: int) -> list[float]:
 
 
 def executor_rpc(context: Any, world_size: int, iterations: int, warmup: int) -> list[float]:
-    executor = PipeExecutor(context, world_size)
-    graceful = False
+    """The vLLM-style executor of bench/peers, with :class:`RpcWorker` workers."""
+    executor = PipeExecutor(context, world_size, RpcWorker)
     try:
         if executor.collective_rpc("whoami", timeout=TIMEOUT_S) != list(range(world_size)):
             raise AssertionError("collective_rpc returned wrong results")
-        samples = timed_us(
+        return timed_us(
             iterations, warmup, lambda: executor.collective_rpc("noop", timeout=TIMEOUT_S)
         )
-        graceful = True
-        return samples
     finally:
-        executor.shutdown(graceful)
+        executor.shutdown()
 
 
 def tt_broadcast(world_size: int, iterations: int, warmup: int) -> list[float]:
