@@ -85,11 +85,15 @@ def run_demo(world_size: int = 4) -> None:
             begin = time.perf_counter()
             group.broadcast("noop", timeout=30)
             broadcasts.append(time.perf_counter() - begin)
+        rows = [
+            ("no-op call, one rank", _median_us(calls)),
+            (f"no-op broadcast, {world_size} ranks", _median_us(broadcasts)),
+        ]
         print("latency (median):")
-        print("  | what                         | µs      |")
-        print("  | ---------------------------- | ------- |")
-        print(f"  | no-op call, one rank         | {_median_us(calls):7.1f} |")
-        print(f"  | no-op broadcast, {world_size} ranks      | {_median_us(broadcasts):7.1f} |")
+        print(f"  | {'what':<28} | {'µs':>7} |")
+        print(f"  | {'-' * 28} | {'-' * 7} |")
+        for what, micros in rows:
+            print(f"  | {what:<28} | {micros:7.1f} |")
         print(f"  (on {os.cpu_count()} cores; see docs/benchmarks.md for baselines)")
 
         victim = group.pids[world_size - 1]
