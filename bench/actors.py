@@ -23,7 +23,7 @@ import argparse
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,8 @@ from bench.common import (
     replace_section,
     say,
     shm_entries,
+    target_status,
+    timed_us,
 )
 from bench.peers.executor import PipeExecutor
 
@@ -118,19 +120,6 @@ def _reap(processes: Sequence[Any], graceful: bool) -> None:
 
 
 # --- timing ---------------------------------------------------------------------------
-
-
-def timed_us(iterations: int, warmup: int, once: Callable[[], object]) -> list[float]:
-    """Runs ``once`` ``warmup`` times, then times ``iterations`` calls one by one; µs."""
-    for _ in range(warmup):
-        once()
-    clock = time.perf_counter_ns
-    samples = [0.0] * iterations
-    for i in range(iterations):
-        start = clock()
-        once()
-        samples[i] = (clock() - start) / 1000.0
-    return samples
 
 
 def tt_call(iterations: int, warmup: int) -> list[float]:
@@ -245,10 +234,6 @@ def bare_ready_s(context: Any, repeats: int) -> list[float]:
 
 
 # --- report ----------------------------------------------------------------------------
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 def _ranks(text: str) -> list[int]:
@@ -388,22 +373,22 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"no-op call ≤ {TARGET_CALL_US:g} µs median",
             f"{tt_call_median:.1f} µs",
-            _met(tt_call_median <= TARGET_CALL_US),
+            target_status(tt_call_median <= TARGET_CALL_US),
         ],
         [
             f"call ≥ {TARGET_PIPE_RATIO:g}x faster than the Pipe echo",
             f"{pipe_median / tt_call_median:.2f}x",
-            _met(pipe_median / tt_call_median >= TARGET_PIPE_RATIO),
+            target_status(pipe_median / tt_call_median >= TARGET_PIPE_RATIO),
         ],
         [
             f"{STARTUP_RANKS} ranks ready from a warm forkserver < {TARGET_READY_S:g} s",
             f"{median(fork_ready):.3f} s",
-            _met(median(fork_ready) < TARGET_READY_S),
+            target_status(median(fork_ready) < TARGET_READY_S),
         ],
     ]
     if 8 in bcast:
         b8 = median(bcast[8][0])
-        status = _met(b8 <= TARGET_BROADCAST8_US)
+        status = target_status(b8 <= TARGET_BROADCAST8_US)
         if cores < BROADCAST_TARGET_CORES:
             status += f" (target only meaningful on ≥ {BROADCAST_TARGET_CORES} cores; here {cores})"
         targets.append(

@@ -13,7 +13,8 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +113,24 @@ def replace_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def timed_us(iterations: int, warmup: int, once: Callable[[], object]) -> list[float]:
+    """Runs ``once`` ``warmup`` times, then times ``iterations`` calls one by one; µs."""
+    for _ in range(warmup):
+        once()
+    clock = time.perf_counter_ns
+    samples = [0.0] * iterations
+    for i in range(iterations):
+        start = clock()
+        once()
+        samples[i] = (clock() - start) / 1000.0
+    return samples
+
+
+def target_status(met: bool) -> str:
+    """The status cell of a targets table."""
+    return "met" if met else "**not met**"
 
 
 def shm_entries() -> set[str]:

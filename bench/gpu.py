@@ -8,57 +8,38 @@ Every number is measured beside its baseline in the same run.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
 import torchtroupe as tt
-from bench.common import machine_markdown, markdown_table, median, percentile, replace_section, say
+from bench.actors import pipe_echo
+from bench.common import (
+    machine_markdown,
+    markdown_table,
+    median,
+    percentile,
+    replace_section,
+    say,
+    timed_us,
+)
 from tests.gpu.gpu_actors import CudaWorker
+from torchtroupe.actors.process import start_context
 from torchtroupe.testing import kill_rank
 
 
-def _pipe_echo(connection: Connection) -> None:
-    while True:
-        message = connection.recv()
-        if message is None:
-            return
-        connection.send(message)
-
-
 def time_calls(function: Callable[[], object], count: int) -> list[float]:
-    """Seconds per call of ``function``, after a warm-up."""
-    for _ in range(max(10, count // 10)):
-        function()
-    samples = []
-    for _ in range(count):
-        begin = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - begin)
-    return samples
-
-
-def pipe_baseline(count: int) -> list[float]:
-    """A multiprocessing.Pipe echo worker: the classic baseline."""
-    parent, child = multiprocessing.get_context("forkserver").Pipe()
-    worker = multiprocessing.get_context("forkserver").Process(target=_pipe_echo, args=(child,))
-    worker.start()
-    try:
-        return time_calls(lambda: (parent.send(("noop", ())), parent.recv()), count)
-    finally:
-        parent.send(None)
-        worker.join()
+    """Microseconds per call of ``function``, after a warm-up."""
+    return timed_us(count, max(10, count // 10), function)
 
 
 def call_and_broadcast(world_sizes: list[int], count: int) -> list[list[object]]:
     rows: list[list[object]] = []
-    pipe = median(pipe_baseline(count)) * 1e6
+    pipe = median(pipe_echo(start_context("forkserver"), count, max(10, count // 10)))
     rows.append(["multiprocessing.Pipe echo", 1, pipe, "—", "1.0"])
     for world_size in world_sizes:
         with tt.spawn(CudaWorker, world_size=world_size, devices="cuda") as group:
@@ -68,9 +49,9 @@ def call_and_broadcast(world_sizes: list[int], count: int) -> list[list[object]]
                     [
                         "torchtroupe call",
                         1,
-                        median(calls) * 1e6,
-                        percentile(calls, 99) * 1e6,
-                        f"{pipe / (median(calls) * 1e6):.1f}",
+                        median(calls),
+                        percentile(calls, 99),
+                        f"{pipe / median(calls):.1f}",
                     ]
                 )
             casts = time_calls(lambda: group.broadcast("pid"), count)
@@ -78,9 +59,9 @@ def call_and_broadcast(world_sizes: list[int], count: int) -> list[list[object]]
                 [
                     "torchtroupe broadcast",
                     world_size,
-                    median(casts) * 1e6,
-                    percentile(casts, 99) * 1e6,
-                    f"{pipe / (median(casts) * 1e6):.1f}",
+                    median(casts),
+                    percentile(casts, 99),
+                    f"{pipe / median(casts):.1f}",
                 ]
             )
     return rows
@@ -96,9 +77,7 @@ def cuda_transfers(sizes_mib: list[int], count: int) -> list[list[object]]:
             to_rank = time_calls(lambda t=tensor: group[0].call("shape", t), count)
             back = time_calls(lambda n=n: group[0].call("stored", n), count)
             copy = time_calls(lambda t=tensor: (t.clone(), torch.cuda.synchronize()), count)
-            rows.append(
-                [f"{size} MiB", median(to_rank) * 1e6, median(back) * 1e6, median(copy) * 1e6]
-            )
+            rows.append([f"{size} MiB", median(to_rank), median(back), median(copy)])
             del tensor
             group[0].call("stored", 1)
             torch.cuda.empty_cache()
@@ -106,7 +85,7 @@ def cuda_transfers(sizes_mib: list[int], count: int) -> list[list[object]]:
 
 
 def nccl_all_reduces(world_size: int, count: int) -> list[float]:
-    """Seconds per broadcast of an endpoint that all-reduces 4 floats over NCCL."""
+    """Microseconds per broadcast of an endpoint that all-reduces 4 floats over NCCL."""
     with tt.spawn(CudaWorker, world_size=world_size, devices="cuda", distributed="nccl") as group:
         expected = [float(world_size)] * world_size
         assert group.broadcast("all_reduce", 1.0, timeout=120) == expected
@@ -186,8 +165,8 @@ def main() -> None:
             ),
             (
                 f"NCCL all-reduce of 4 floats in a {restart_world}-rank group, one rank a GPU, "
-                f"called by a broadcast: median {median(reduces) * 1e6:.0f} µs, "
-                f"p99 {percentile(reduces, 99) * 1e6:.0f} µs."
+                f"called by a broadcast: median {median(reduces):.0f} µs, "
+                f"p99 {percentile(reduces, 99):.0f} µs."
             )
             if reduces
             else "NCCL all-reduce: needs 2 or more GPUs.",

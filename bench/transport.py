@@ -34,6 +34,7 @@ from bench.common import (
     replace_section,
     say,
     shm_entries,
+    target_status,
 )
 from torchtroupe.transport.codec import Encoder, decode
 from torchtroupe.transport.region import CACHE_LINE, SharedRegion, align_up
@@ -398,10 +399,6 @@ def codec_throughput(context: Any, tensors: list[tuple[torch.Tensor, int]]) -> l
 # --- report ----------------------------------------------------------------------------
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -487,17 +484,17 @@ def main(argv: list[str] | None = None) -> None:
             [
                 f"raw ring round trip ≤ {TARGET_RING_US:g} µs median",
                 f"{ring_median:.2f} µs",
-                _met(ring_median <= TARGET_RING_US),
+                target_status(ring_median <= TARGET_RING_US),
             ],
             [
                 f"raw ring ≥ {TARGET_PIPE_RATIO:g}x faster than Pipe",
                 f"{pipe_median / ring_median:.1f}x",
-                _met(pipe_median / ring_median >= TARGET_PIPE_RATIO),
+                target_status(pipe_median / ring_median >= TARGET_PIPE_RATIO),
             ],
             [
                 f"256 MiB through the codec ≥ {TARGET_BULK_RATIO:g}x memcpy (clone)",
                 f"{bulk_ratio:.2f}x",
-                _met(bulk_ratio >= TARGET_BULK_RATIO),
+                target_status(bulk_ratio >= TARGET_BULK_RATIO),
             ],
         ],
     )

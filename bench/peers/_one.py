@@ -21,6 +21,7 @@ import psutil
 import torch
 
 from bench.common import say
+from bench.common import timed_us as common_timed_us
 from bench.peers.peers import PEERS, Peer
 
 MIB = 1 << 20
@@ -41,15 +42,8 @@ def counts(quick: bool) -> dict[str, Any]:
 
 
 def timed_us(n: int, once: Callable[[], object]) -> list[float]:
-    for _ in range(max(1, n // 10)):
-        once()
-    samples = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        start = clock()
-        once()
-        samples.append((clock() - start) / 1000.0)
-    return samples
+    """``n`` timed calls of ``once`` after ``n // 10`` warm-up ones, in µs."""
+    return common_timed_us(n, max(1, n // 10), once)
 
 
 def make_peer(key: str) -> Peer:

@@ -6,7 +6,6 @@ Skipped without CUDA (the ``gpu`` mark); run on the lent GPU machines through
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 
 import torchtroupe as tt
 from tests.gpu.gpu_actors import CudaWorker
+from tests.supervision.events_for_tests import EventRecorder
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.testing import kill_rank
 
@@ -26,26 +26,6 @@ def gpu_count() -> int:
 
 def rank_counts() -> list[int]:
     return [n for n in (2, 4, 8) if n <= gpu_count()] or [1]
-
-
-class RestartWatch:
-    """Collects supervision events and waits for a number of 'restarted' ones."""
-
-    def __init__(self) -> None:
-        self.events: list[tt.SupervisionEvent] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, event: tt.SupervisionEvent) -> None:
-        with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    def wait_restarted(self, count: int) -> None:
-        with self._changed:
-            done = self._changed.wait_for(
-                lambda: sum(e.kind == "restarted" for e in self.events) >= count, LONG_TIMEOUT
-            )
-        assert done, f"no restart after {LONG_TIMEOUT}s; events: {self.events}"
 
 
 @pytest.fixture
@@ -116,7 +96,7 @@ def test_passing_cuda_tensors_a_thousand_times_does_not_grow_device_memory(
 
 def test_a_killed_rank_restarts_a_nccl_group_that_all_reduces_again() -> None:
     world_size = max(rank_counts())
-    watch = RestartWatch()
+    watch = EventRecorder()
     policy = tt.RestartPolicy(strategy="one_for_all", max_restarts=3)
     with tt.spawn(
         CudaWorker,
@@ -132,7 +112,7 @@ def test_a_killed_rank_restarts_a_nccl_group_that_all_reduces_again() -> None:
         )
         old_pids = group.pids
         kill_rank(group, world_size - 1)
-        watch.wait_restarted(world_size)
+        watch.wait_for("restarted", count=world_size)
         assert all(new != old for new, old in zip(group.pids, old_pids, strict=True))
         assert (
             group.broadcast("all_reduce", 2.0, timeout=LONG_TIMEOUT)
@@ -141,7 +121,7 @@ def test_a_killed_rank_restarts_a_nccl_group_that_all_reduces_again() -> None:
 
 
 def test_a_sticky_cuda_error_escalates_and_the_group_restarts() -> None:
-    watch = RestartWatch()
+    watch = EventRecorder()
     policy = tt.RestartPolicy(strategy="one_for_all", max_restarts=3)
     with tt.spawn(
         CudaWorker, world_size=1, devices="cuda", restart=policy, on_event=watch
@@ -150,7 +130,7 @@ def test_a_sticky_cuda_error_escalates_and_the_group_restarts() -> None:
         with pytest.raises(Exception, match=r"device-side assert|CUDA error") as raised:
             group[0].call("device_side_assert", timeout=LONG_TIMEOUT)
         assert not isinstance(raised.value, tt.CallTimeoutError)
-        watch.wait_restarted(1)
+        watch.wait_for("restarted")
         exits = [e for e in watch.events if e.kind == "exited"]
         assert exits and exits[0].exitcode == 70  # tt.fatal's exit code: escalated, not a crash
         assert group.pids[0] != old_pid
