@@ -30,7 +30,7 @@ all: test
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml torchtroupe/transport/_ringcore.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH)"
 	$(PIP) install -e '.[test]'

@@ -25,6 +25,17 @@ def _float_from_env(name: str, default: float) -> float:
     return value
 
 
+def _flag_from_env(name: str, *, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a flag; unset it or give 1 or 0")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Tunables read from the environment once per process.
@@ -34,11 +45,15 @@ class Settings:
         park_slice_s: The longest a parked waiter sleeps before it rechecks its
             peer's liveness and its deadline (``TORCHTROUPE_PARK_SLICE_S``).
         ring_bytes: Data capacity of each ring in a mailbox (``TORCHTROUPE_RING_BYTES``).
+        native: Whether to use the compiled ring core when it is built
+            (``TORCHTROUPE_NATIVE``, ``1`` by default; ``0`` selects the pure-Python
+            core, for debugging or comparison).
     """
 
     spin_us: float
     park_slice_s: float
     ring_bytes: int
+    native: bool
 
 
 def load_settings() -> Settings:
@@ -48,6 +63,7 @@ def load_settings() -> Settings:
         spin_us=_float_from_env("TORCHTROUPE_SPIN_US", 50.0),
         park_slice_s=_float_from_env("TORCHTROUPE_PARK_SLICE_S", 0.05),
         ring_bytes=ring_bytes,
+        native=_flag_from_env("TORCHTROUPE_NATIVE", default=True),
     )
 
 

@@ -22,13 +22,16 @@ from ..errors import (
     GroupClosedError,
     GroupError,
 )
-from ..transport.codec import TARGET_ALL
+from ..transport.codec import TARGET_ALL, EncodedMessage, send_encoded
 from .actor import check_call
-from .messages import CALL, RUN, Request
+from .messages import CALL, RUN
 from .router import CallSlot
 from .runtime import DEAD, GroupRuntime
 
 _TRANSITION_WAIT_S = 0.01
+
+_Outgoing = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]
+"""A request to write: (target, kind, name, args, kwargs); see ``messages.Request``."""
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -99,9 +102,9 @@ class ActorGroup:
     # -- sending --------------------------------------------------------------------
 
     def _submit(
-        self, ranks: Sequence[int], requests: Sequence[tuple[int, Request]], deadline: float | None
+        self, ranks: Sequence[int], requests: Sequence[_Outgoing], deadline: float | None
     ) -> list[CallSlot]:
-        """Writes ``requests`` (target, request) and returns one slot per rank in ``ranks``."""
+        """Writes ``requests`` and returns one slot per rank in ``ranks``."""
         runtime = self._runtime
         while True:
             runtime.wait_ready(ranks, deadline)
@@ -113,7 +116,8 @@ class ActorGroup:
             try:
                 runtime.raise_if_closed()
                 seq = next(runtime.sequence)
-                slots = [CallSlot(seq, rank, requests[0][1].name) for rank in ranks]
+                name = requests[0][2]
+                slots = [CallSlot(seq, rank, name) for rank in ranks]
                 if self._register(slots):
                     self._write(runtime, seq, requests, ranks, slots, deadline)
                     return slots
@@ -143,27 +147,29 @@ class ActorGroup:
         self,
         runtime: GroupRuntime,
         seq: int,
-        requests: Sequence[tuple[int, Request]],
+        requests: Sequence[_Outgoing],
         ranks: Sequence[int],
         slots: list[CallSlot],
         deadline: float | None,
     ) -> None:
         """Encodes and writes ``requests``; call with the send lock held."""
         router = runtime.router
+        encoder = runtime.encoder
         try:
             # Encode everything first: a value that cannot be sent fails the whole call
-            # before any rank receives anything.
+            # before any rank receives anything. On the wire a request is a plain
+            # tuple in the field order of messages.Request.
             encoded = [
-                (target, runtime.encoder.encode(tuple(request._replace(seq=seq)), target, seq))
-                for target, request in requests
+                (target, encoder.encode_compact((seq, kind, name, args, kwargs), target, seq))
+                for target, kind, name, args, kwargs in requests
             ]
             for target, message in encoded:
                 if target != TARGET_ALL and slots[ranks.index(target)].done:
                     continue  # that rank is dead: its slot already failed
-                if message.fds:
+                if isinstance(message, EncodedMessage) and message.fds:
                     runtime.send_fds(target, seq, message.fds, deadline)
-                runtime.end.requests.send(
-                    message.chunks, message.nbytes, deadline=deadline, wake=target
+                send_encoded(
+                    runtime.end.requests, message, target, seq, deadline=deadline, wake=target
                 )
         except BaseException as error:
             router.forget(slots)
@@ -187,9 +193,9 @@ class ActorGroup:
     ) -> list[CallSlot]:
         if args_per_rank is None:
             target = TARGET_ALL if len(ranks) > 1 else ranks[0]
-            return self._submit(ranks, [(target, Request(0, kind, name, args, kwargs))], deadline)
+            return self._submit(ranks, [(target, kind, name, args, kwargs)], deadline)
         requests = [
-            (rank, Request(0, kind, name, tuple(a), kwargs))
+            (rank, kind, name, tuple(a), kwargs)
             for rank, a in zip(ranks, args_per_rank, strict=True)
         ]
         return self._submit(ranks, requests, deadline)

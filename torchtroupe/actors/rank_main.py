@@ -25,19 +25,20 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pickle import loads
 from typing import Any, NoReturn
 
 import cloudpickle
 import torch
 
 from .._remote_errors import capture
-from ..transport.codec import TARGET_ALL, Encoder, decode, peek_target
+from ..transport.codec import TARGET_ALL, EncodedMessage, Encoder, decode, send_encoded
 from ..transport.fdpass import FdChannel
 from ..transport.mailbox import MailboxLayout, RankEnd
 from ..transport.stream import MessageAbortedError
 from ..transport.waiting import WaitStrategy
 from .actor import Actor, fatal_hook
-from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED, Reply, Request
+from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED
 
 FATAL_EXIT_CODE = 70
 """Exit code of a rank that ended through ``tt.fatal`` or a sticky CUDA error."""
@@ -112,23 +113,24 @@ class RankRuntime:
         self.encoder = Encoder(share_fds=True)
         self.actor: Any = None
 
-    def reply(self, reply: Reply) -> None:
-        """Sends ``reply``; a value that cannot be pickled becomes an error reply."""
+    def reply(self, seq: int, kind: int, value: Any) -> None:
+        """Sends ``Reply(seq, kind, value)``; a value that cannot be pickled becomes an
+        error reply."""
         try:
-            message = self.encoder.encode(tuple(reply), tag=reply.seq)
+            message = self.encoder.encode_compact((seq, kind, value), tag=seq)
         except TypeError as error:
             failure = capture(
                 TypeError(f"the result could not be sent back to the caller: {error}")
             )
-            message = self.encoder.encode((reply.seq, ERROR, failure), tag=reply.seq)
-        if message.fds:
-            self.fds.send(reply.seq, message.fds)  # before the reply is published
-        self.end.replies.send(message.chunks, message.nbytes, deadline=None)
+            message = self.encoder.encode_compact((seq, ERROR, failure), tag=seq)
+        if isinstance(message, EncodedMessage) and message.fds:
+            self.fds.send(seq, message.fds)  # before the reply is published
+        send_encoded(self.end.replies, message, TARGET_ALL, seq, deadline=None)
 
     def die(self, reason: str) -> NoReturn:
         """Records ``reason``, signals the supervisor and exits (see ``tt.fatal``)."""
         try:
-            self.reply(Reply(NO_SEQ, FATAL, reason))
+            self.reply(NO_SEQ, FATAL, reason)
         finally:
             if self.boot.signal_supervisor:
                 with contextlib.suppress(OSError):
@@ -155,47 +157,61 @@ class RankRuntime:
     def serve(self) -> None:
         """Answers requests one at a time until a STOP request."""
         requests = self.end.requests
+        release = requests.ring.consume
         rank = self.boot.rank
         while True:
-            message = requests.receive(deadline=None)
-            target, tag = peek_target(message)
+            target, tag, pickle, message = requests.receive_message(deadline=None)
             if target != TARGET_ALL and target != rank:
-                message.finish()
+                if message is None:
+                    release()
+                else:
+                    message.finish()
                 continue
             try:
-                request = Request._make(decode(message, self._claim_fds))
+                if pickle is not None:
+                    try:
+                        request = loads(pickle)  # one record, no tensors: the hot path
+                    finally:
+                        release()
+                else:
+                    assert message is not None
+                    request = decode(message, self._claim_fds)
+                seq, kind, name, args, kwargs = request
             except MessageAbortedError:
                 continue
             except Exception as error:
                 error.add_note("the request could not be unpickled in the rank")
-                self.reply(Reply(tag, ERROR, capture(error)))
+                self.reply(tag, ERROR, capture(error))
                 continue
-            if request.kind == STOP:
-                self.reply(Reply(request.seq, STOPPED, None))
+            if kind == STOP:
+                self.reply(seq, STOPPED, None)
                 return
-            self.handle(request)
+            self.handle(seq, kind, name, args, kwargs)
 
     def _claim_fds(self, tag: int, count: int) -> list[int]:
         return self.fds.receive(tag, count, timeout=_FD_TIMEOUT_S)
 
-    def handle(self, request: Request) -> None:
-        """Runs one request and replies with its result or its exception."""
+    def handle(
+        self, seq: int, kind: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Runs one request (see ``messages.Request``) and replies with its result or
+        its exception."""
         try:
-            if request.kind == CALL:
-                value = getattr(self.actor, request.name)(*request.args, **request.kwargs)
-            elif request.kind == RUN:
-                function, *args = request.args
-                value = function(self.actor, *args, **request.kwargs)
+            if kind == CALL:
+                value = getattr(self.actor, name)(*args, **kwargs)
+            elif kind == RUN:
+                function, *rest = args
+                value = function(self.actor, *rest, **kwargs)
             else:
-                raise ValueError(f"unknown request kind {request.kind}")
+                raise ValueError(f"unknown request kind {kind}")
         except SystemExit:
             raise
         except BaseException as error:
-            self.reply(Reply(request.seq, ERROR, capture(error)))
+            self.reply(seq, ERROR, capture(error))
             if _is_sticky_cuda_error(error):
-                self.die(f"unrecoverable CUDA error in {request.name!r}: {error}")
+                self.die(f"unrecoverable CUDA error in {name!r}: {error}")
             return
-        self.reply(Reply(request.seq, RESULT, value))
+        self.reply(seq, RESULT, value)
 
 
 def _loopback_store(boot: RankBoot) -> Any:
@@ -277,9 +293,9 @@ def rank_main(boot: RankBoot, death_pipe: Connection, fd_socket: socket.socket) 
             _join_process_group(boot)
         runtime.build_actor()
     except BaseException as error:
-        runtime.reply(Reply(boot.ready_seq, ERROR, capture(error)))
+        runtime.reply(boot.ready_seq, ERROR, capture(error))
         os._exit(1)
-    runtime.reply(Reply(boot.ready_seq, READY, os.getpid()))
+    runtime.reply(boot.ready_seq, READY, os.getpid())
     try:
         runtime.serve()
     finally:

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
+from pickle import loads
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
@@ -35,9 +36,10 @@ from ..errors import (
     ChannelClosedError,
     GroupClosedError,
 )
-from ..transport.codec import decode, peek_target
+from ..transport.codec import decode
 from ..transport.mailbox import CallerEnd
-from ..transport.stream import MessageAbortedError
+from ..transport.ring import RingReader, spin_any
+from ..transport.stream import MessageAbortedError, MessageReader
 from ..transport.waiting import wait_until
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
 
@@ -46,6 +48,14 @@ _SLICE_S = 0.05
 
 def _key(seq: int, rank: int) -> int:
     return (seq << 20) | rank
+
+
+def _all_done(slots: list[CallSlot]) -> bool:
+    # A loop, not all() over a generator: this runs several times per call.
+    for slot in slots:  # noqa: SIM110
+        if not slot.done:
+            return False
+    return True
 
 
 class CallSlot:
@@ -110,6 +120,7 @@ class ReplyRouter:
         self._changed = threading.Condition(threading.Lock())
         self._pending: dict[int, CallSlot] = {}
         self._readable = [False] * end.layout.world_size
+        self._spin_readers: tuple[RingReader, ...] = ()  # reply rings of readable ranks
         self._deaths: list[tuple[int, Callable[[], ActorDiedError], threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
@@ -124,6 +135,7 @@ class ReplyRouter:
         with self._lock:
             self._end.reopen_reply(rank)
             self._readable[rank] = True
+            self._update_spin_readers()
 
     def register(self, slot: CallSlot, death: ActorDiedError | None = None) -> bool:
         """Expects a reply for ``slot``. Returns False if its rank is not readable."""
@@ -149,7 +161,7 @@ class ReplyRouter:
                 forgotten, so their late replies are dropped.
         """
         while True:
-            if all(slot.done for slot in slots):
+            if _all_done(slots):
                 return
             if self._closed:
                 for slot in slots:
@@ -157,19 +169,19 @@ class ReplyRouter:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 self.forget(slot for slot in slots if not slot.done)
-                if all(slot.done for slot in slots):
+                if _all_done(slots):
                     return
                 raise CallTimeoutError(what())
             if self._take_pump():
                 try:
-                    while not self._closed and not all(slot.done for slot in slots):
+                    while not self._closed and not _all_done(slots):
                         if not self._pump_once(deadline):
                             break
                 finally:
                     self._release_pump()
             else:
                 with self._changed:
-                    if self._pump.locked() and not all(slot.done for slot in slots):
+                    if self._pump.locked() and not _all_done(slots):
                         timeout = (
                             _SLICE_S
                             if deadline is None
@@ -226,9 +238,20 @@ class ReplyRouter:
             return True
         slice_end = time.monotonic() + _SLICE_S
         until = slice_end if deadline is None else min(deadline, slice_end)
-        wait_until(self._has_work, self._end.reply_bell, deadline=until)
+        wait_until(self._has_work, self._end.reply_bell, deadline=until, spin=self._spin)
         self._drain()
         return deadline is None or time.monotonic() < deadline
+
+    def _spin(self, seconds: float) -> bool:
+        """Busy-waits (in the ring core) until a readable reply ring has data."""
+        return spin_any(self._spin_readers, seconds)
+
+    def _update_spin_readers(self) -> None:
+        """Call with ``_lock`` held whenever ``_readable`` or a reply reader changes."""
+        replies = self._end.replies
+        self._spin_readers = tuple(
+            replies[rank].ring for rank, readable in enumerate(self._readable) if readable
+        )
 
     def _has_work(self) -> bool:
         if self._deaths or self._closed:
@@ -246,53 +269,62 @@ class ReplyRouter:
         replies = self._end.replies
         for rank, readable in enumerate(self._readable):
             if readable:
-                progressed |= self._drain_rank(rank, replies[rank].poll)
+                progressed |= self._drain_rank(rank, replies[rank])
         if self._deaths:
             self._process_deaths()
             progressed = True
         return progressed
 
-    def _drain_rank(self, rank: int, poll: Callable[..., Any]) -> bool:
+    def _drain_rank(self, rank: int, reader: MessageReader) -> bool:
         progressed = False
         while True:
             try:
-                message = poll()
+                polled = reader.poll_message()
             except (ChannelBrokenError, ChannelClosedError):
                 return progressed
-            if message is None:
+            if polled is None:
                 return progressed
             progressed = True
-            _, tag = peek_target(message)
+            _, tag, pickle, message = polled
             try:
-                reply = Reply._make(decode(message, partial(self._claim_fds, rank)))
+                if pickle is not None:
+                    try:
+                        reply = loads(pickle)  # one record, no tensors: the hot path
+                    finally:
+                        reader.ring.consume()
+                else:
+                    assert message is not None
+                    reply = decode(message, partial(self._claim_fds, rank))
+                seq, kind, value = reply
             except MessageAbortedError:
                 continue
             except (ChannelBrokenError, ChannelClosedError):
                 return progressed
             except Exception as error:
                 error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
-                reply = Reply(tag, ERROR, error)
-            self._dispatch(rank, reply)
+                seq, kind, value = tag, ERROR, error
+            self._dispatch(rank, seq, kind, value)
 
-    def _dispatch(self, rank: int, reply: Reply) -> None:
-        if reply.seq == NO_SEQ or reply.kind == FATAL:
-            self._on_control(rank, reply)
+    def _dispatch(self, rank: int, seq: int, kind: int, value: Any) -> None:
+        if seq == NO_SEQ or kind == FATAL:
+            self._on_control(rank, Reply(seq, kind, value))
             return
         with self._lock:
-            slot = self._pending.pop(_key(reply.seq, rank), None)
+            slot = self._pending.pop((seq << 20) | rank, None)
         if slot is None:
             return  # the answer to a call that timed out: nobody may take it
-        if reply.kind == ERROR:
-            error = reply.value
+        if kind == RESULT:
+            slot.resolve(value, None)
+        elif kind == ERROR:
+            error = value
             if isinstance(error, RemoteFailure):
                 error = rebuild(error)
                 error.add_note(f"raised in {self._describe(rank)}, endpoint {slot.name!r}")
             slot.resolve(None, error)
-        elif reply.kind == RESULT:
-            slot.resolve(reply.value, None)
         else:
-            slot.resolve(reply, None)
-        self._notify()
+            slot.resolve(Reply(seq, kind, value), None)
+        if self._sleepers:
+            self._notify()
 
     # -- deaths ---------------------------------------------------------------------
 
@@ -325,10 +357,11 @@ class ReplyRouter:
         with self._lock:
             deaths, self._deaths = self._deaths, []
         for rank, make_error, processed in deaths:
-            self._drain_rank(rank, self._end.replies[rank].poll)
+            self._drain_rank(rank, self._end.replies[rank])
             error = make_error()
             with self._lock:
                 self._readable[rank] = False
+                self._update_spin_readers()
                 failed = [slot for slot in self._pending.values() if slot.rank == rank]
                 for slot in failed:
                     del self._pending[slot.key]

@@ -311,6 +311,22 @@ class Encoder:
             TypeError: ``obj`` (or something inside it) cannot be pickled. Nothing
                 has been written anywhere.
         """
+        message = self.encode_compact(obj, target, tag)
+        if type(message) is bytes:
+            prelude = _FIXED.pack(target, tag, 0, 0, len(message))
+            return EncodedMessage([prelude, message], len(prelude) + len(message), (), ())
+        assert isinstance(message, EncodedMessage)
+        return message
+
+    def encode_compact(
+        self, obj: Any, target: int = TARGET_ALL, tag: int = 0
+    ) -> bytes | EncodedMessage:
+        """Like :meth:`encode`, but a message without tensors comes back as its pickle
+        bytes alone, to be sent with :func:`send_encoded` (the hot path of calls).
+
+        Raises:
+            TypeError: As for :meth:`encode`.
+        """
         buffer, pickler = self._buffer, self._pickler
         buffer.seek(0)
         buffer.truncate()
@@ -324,10 +340,9 @@ class Encoder:
         finally:
             pickler.clear_memo()
         payload = buffer.getvalue()
+        if not pickler.spans and not pickler.fds and not pickler.keepalive:
+            return payload  # the common case: no tensors
         spans, fds, keepalive = pickler.spans, pickler.fds, pickler.keepalive
-        if not spans and not fds and not keepalive:  # the common case: no tensors
-            prelude = _FIXED.pack(target, tag, 0, 0, len(payload))
-            return EncodedMessage([prelude, payload], len(prelude) + len(payload), (), ())
         pickler.reset()
         storages: list[memoryview] = []
         table: list[int] = []
@@ -368,6 +383,35 @@ def peek_target(message: IncomingMessage) -> tuple[int, int]:
     """The ``(target, tag)`` words of a message, read without consuming anything."""
     target, tag, _, _, _ = _FIXED.unpack_from(message.first)
     return target, tag
+
+
+def send_encoded(
+    writer: MessageWriter,
+    message: bytes | EncodedMessage,
+    target: int,
+    tag: int,
+    *,
+    deadline: float | None,
+    alive: Callable[[], bool] | None = None,
+    wake: int = -1,
+) -> None:
+    """Writes a message from :meth:`Encoder.encode_compact` (its fds, if any, must
+    have been passed already).
+
+    Raises:
+        TimeoutError, ChannelClosedError, ChannelBrokenError: As for
+            :meth:`MessageWriter.send`.
+    """
+    if type(message) is bytes:
+        if not writer.abort_pending and writer.ring.send_message(target, tag, message, wake):
+            return  # one record, room now: the whole message in one C call
+        prelude = _FIXED.pack(target, tag, 0, 0, len(message))
+        chunks = [prelude, message]
+        nbytes = len(prelude) + len(message)
+        writer.send(chunks, nbytes, deadline=deadline, alive=alive, wake=wake)
+        return
+    assert isinstance(message, EncodedMessage)
+    writer.send(message.chunks, message.nbytes, deadline=deadline, alive=alive, wake=wake)
 
 
 FdSource = Callable[[int, int], list[int]]

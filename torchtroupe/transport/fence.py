@@ -20,6 +20,11 @@ the header and payload. Two orderings must hold on every CPU we run on:
   through its store buffer), so both sides fence between the two on every
   architecture; otherwise a wake-up could be lost.
 
+The compiled ring core (``_ringcore.c``) uses C11 atomics: release stores and
+acquire loads for the cursors and a sequentially consistent fence for the doorbell,
+and exports that fence, which this module uses when the core is built. The rest of
+this Note is about the pure-Python fallback.
+
 Python has no fence primitive. On x86-64 every ``lock``-prefixed instruction is a
 full barrier, and an uncontended ``threading.Lock`` acquire/release performs two
 (CPython's lock is a compare-and-swap), so there the fence is a lock round trip:
@@ -38,6 +43,8 @@ import mmap
 import platform
 import threading
 from collections.abc import Callable
+
+from .._settings import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,14 @@ def _lock_fence_factory() -> Callable[[], None]:
 
 
 def _make_fence() -> Callable[[], None]:
+    if SETTINGS.native:
+        try:
+            from ._ringcore import full_fence as compiled_fence
+        except ImportError:
+            pass  # core.py says so, once
+        else:
+            fence: Callable[[], None] = compiled_fence
+            return fence
     if STORES_ARE_ORDERED:
         return _lock_fence_factory()
     compiled = _compile_fence()

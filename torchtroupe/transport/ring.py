@@ -32,12 +32,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ChannelBrokenError, ChannelClosedError
 from .doorbell import Doorbell
-from .fence import STORES_ARE_ORDERED, full_fence
+from .fence import full_fence
 from .region import CACHE_LINE, SharedRegion
 from .waiting import DEFAULT_STRATEGY, WaitStrategy, wait_until
+
+if TYPE_CHECKING:
+    from ._ringcore_py import ReaderCore, WriterCore
+    from ._ringcore_py import spin_any as spin_any
+else:
+    from .core import core
+
+    ReaderCore, WriterCore, spin_any = core.ReaderCore, core.WriterCore, core.spin_any
 
 _MAGIC = 0x74726F7570650001  # "troupe" v1
 _LINE_WORDS = CACHE_LINE // 8
@@ -48,7 +57,6 @@ OPEN, CLOSED, BROKEN = 0, 1, 2
 DATA, PAD, ABORT = 1, 2, 3
 MORE = 1
 HEADER_BYTES = 8
-_LENGTH_MASK = 0xFFFFFFFF
 
 
 def ring_footprint(capacity: int, n_readers: int) -> int:
@@ -149,8 +157,11 @@ def _raise_for_state(state: int, who: str) -> None:
     raise ChannelClosedError(f"the ring was closed while the {who} waited")
 
 
-class RingWriter:
+class RingWriter(WriterCore):
     """The one writing end of a ring.
+
+    The hot path (:meth:`try_reserve`, :meth:`commit`, :meth:`send`) is the ring
+    core's (``core.py``); this class adds waiting for room.
 
     Args:
         layout: The ring.
@@ -158,62 +169,22 @@ class RingWriter:
     """
 
     def __init__(self, layout: RingLayout, strategy: WaitStrategy = DEFAULT_STRATEGY) -> None:
+        super().__init__(layout.region, layout.offset)
         self._layout = layout
-        self._words = layout.region.words
-        self._bytes = layout.region.bytes
         self._strategy = strategy
-        self._capacity = layout.capacity
-        self._mask = layout.mask
-        self._data = layout.data
-        self._write_index = layout.word_index(_WRITE)
-        self._state_index = layout.word_index(_STATE)
-        self._cursor = int(self._words[self._write_index])
-        self._reader_cursor_index = [
-            layout.word_index(layout.reader_line(r)) for r in range(layout.n_readers)
-        ]
-        self._reader_bells = [
-            Doorbell(layout.region, int(self._words[layout.word_index(layout.reader_line(r), 2)]))
-            for r in range(layout.n_readers)
-        ]
-        self._reader_bell_words = [
-            int(self._words[layout.word_index(layout.reader_line(r), 2)]) // 8
-            for r in range(layout.n_readers)
-        ]
         self._bell = Doorbell(layout.region, layout.writer_bell_offset)
-        self._known_floor = self._cursor
-        self._max_payload = layout.max_record_payload
-        self._reserved = -1  # byte position of the reserved record, or -1
 
     @property
     def layout(self) -> RingLayout:
         """Where the ring lives."""
         return self._layout
 
-    @property
-    def cursor(self) -> int:
-        """Bytes written so far (the write cursor)."""
-        return self._cursor
-
-    @property
-    def max_payload(self) -> int:
-        """Largest payload of one record."""
-        return self._max_payload
-
-    def _floor(self) -> int:
-        words = self._words
-        floor = self._cursor
-        for index in self._reader_cursor_index:
-            if not words[index + 1]:  # not detached
-                cursor = int(words[index])
-                if cursor < floor:
-                    floor = cursor
-        self._known_floor = floor
-        return floor
-
     def reserve(
         self, nbytes: int, *, deadline: float | None, alive: Callable[[], bool] | None = None
     ) -> memoryview:
         """Waits for room and returns a writable view for one record's payload.
+
+        Publish it with :meth:`commit`.
 
         Args:
             nbytes: Payload size, at most :attr:`max_payload`.
@@ -224,89 +195,41 @@ class RingWriter:
             TimeoutError: No room before the deadline (nothing was written).
             ChannelClosedError, ChannelBrokenError: The ring is closed or broken.
         """
-        if nbytes > self._max_payload:
-            raise ValueError(f"a record holds at most {self._max_payload} bytes, not {nbytes}")
-        size = HEADER_BYTES + ((nbytes + 7) & ~7)
-        position = self._cursor & self._mask
-        tail = self._capacity - position
-        needed = size if size <= tail else tail + size
-        limit = self._cursor + needed - self._capacity
-        if self._known_floor < limit and self._floor() < limit:
-            # Readers a record was not addressed to may be parked with their cursor
-            # behind: wake them all so they skip ahead and free the room.
-            self._notify_all()
+        view = self.try_reserve(nbytes)
+        while view is None:
+            state = self.state()
+            if state != OPEN:
+                _raise_for_state(state, "writer")
+            limit = self.needed_floor(nbytes)
+            if self.floor() < limit:
+                # Readers a record was not addressed to may be parked with their cursor
+                # behind: wake them all so they skip ahead and free the room.
+                self.notify_all()
 
-            def has_room() -> bool:
-                return self._floor() >= limit or self._words[self._state_index] != OPEN
+                def has_room(limit: int = limit) -> bool:
+                    return self.floor() >= limit or self.state() != OPEN
 
-            if not wait_until(
-                has_room, self._bell, deadline=deadline, alive=alive, strategy=self._strategy
-            ):
-                raise TimeoutError(
-                    "the ring stayed full until the deadline (a reader is not reading)"
-                )
-        state = self._words[self._state_index]
-        if state != OPEN:
-            _raise_for_state(int(state), "writer")
-        if size > tail:
-            self._words[(self._data + position) // 8] = (tail - HEADER_BYTES) | (PAD << 32)
-            self._cursor += tail
-            position = 0
-        start = self._data + position + HEADER_BYTES
-        self._reserved = position
-        return self._bytes[start : start + nbytes]
-
-    def commit(self, nbytes: int, *, more: bool = False, kind: int = DATA, wake: int = -1) -> None:
-        """Publishes the reserved record with ``nbytes`` of payload.
-
-        Args:
-            nbytes: The payload size given to :meth:`reserve` (or less).
-            more: True if further fragments of the same message follow.
-            kind: DATA, or ABORT to tell readers to drop a partial message.
-            wake: The reader the record is for, or -1 for all. Only that reader is
-                woken if parked; the others find the record (and skip it) when they
-                next wake, at the latest when the writer runs short of room.
-        """
-        position = self._reserved
-        if position < 0:
-            raise RuntimeError("commit() without reserve()")
-        self._reserved = -1
-        words = self._words
-        words[(self._data + position) >> 3] = nbytes | (kind << 32) | (more << 40)
-        cursor = self._cursor + HEADER_BYTES + ((nbytes + 7) & ~7)
-        self._cursor = cursor
-        if not STORES_ARE_ORDERED:
-            full_fence()
-        words[self._write_index] = cursor
-        full_fence()
-        if wake >= 0:
-            if words[self._reader_bell_words[wake]]:
-                self._reader_bells[wake].notify()
-            return
-        for index, word in enumerate(self._reader_bell_words):
-            if words[word]:
-                self._reader_bells[index].notify()
-
-    def _notify_all(self) -> None:
-        full_fence()
-        for bell in self._reader_bells:
-            bell.notify()
-
-    def detached_readers(self) -> list[int]:
-        """Readers that detached (their ranks died); they no longer hold the writer back."""
-        return [
-            reader
-            for reader, index in enumerate(self._reader_cursor_index)
-            if self._words[index + 1]
-        ]
+                if not wait_until(
+                    has_room, self._bell, deadline=deadline, alive=alive, strategy=self._strategy
+                ):
+                    raise TimeoutError(
+                        "the ring stayed full until the deadline (a reader is not reading)"
+                    )
+            view = self.try_reserve(nbytes)
+        return view
 
     def close(self) -> None:
         """Closes the ring: readers drain what was written, then get ChannelClosedError."""
         self._layout.set_state(CLOSED)
 
 
-class RingReader:
+class RingReader(ReaderCore):
     """One reading end of a ring, with a private cursor.
+
+    The hot path (:meth:`poll`, :meth:`consume`, :meth:`has_data`, :meth:`spin`) is
+    the ring core's (``core.py``); this class adds waiting for data. Records published
+    before the ring was closed or broken are still returned by :meth:`poll`: a dead
+    writer's last complete messages are not lost.
 
     Args:
         layout: The ring.
@@ -317,86 +240,16 @@ class RingReader:
     def __init__(
         self, layout: RingLayout, reader: int, strategy: WaitStrategy = DEFAULT_STRATEGY
     ) -> None:
-        if not 0 <= reader < layout.n_readers:
-            raise ValueError(
-                f"reader {reader} out of range for a ring of {layout.n_readers} readers"
-            )
+        super().__init__(layout.region, layout.offset, reader)
         self._layout = layout
-        self._words = layout.region.words
-        self._bytes = layout.region.bytes
         self._strategy = strategy
-        self._mask = layout.mask
-        self._data = layout.data
-        self._write_index = layout.word_index(_WRITE)
-        self._state_index = layout.word_index(_STATE)
-        self._cursor_index = layout.word_index(layout.reader_line(reader))
-        self._cursor = int(self._words[self._cursor_index])
-        self._bell = Doorbell(layout.region, int(self._words[self._cursor_index + 2]))
-        self._writer_bell = Doorbell(layout.region, layout.writer_bell_offset)
-        self._writer_bell_word = layout.writer_bell_offset // 8
-        self._pending = 0
-        self.kind = DATA
-        self.more = False
+        bell_offset = layout.region.words[layout.word_index(layout.reader_line(reader), 2)]
+        self._bell = Doorbell(layout.region, int(bell_offset))
 
     @property
     def bell(self) -> Doorbell:
         """The doorbell this reader parks on (shared with other rings of the same reader)."""
         return self._bell
-
-    def has_data(self) -> bool:
-        """True if a record (possibly a PAD) waits, or the ring is no longer open."""
-        return (
-            self._words[self._write_index] != self._cursor or self._words[self._state_index] != OPEN
-        )
-
-    def poll(self) -> memoryview | None:
-        """Returns the next record's payload, or None if nothing is published yet.
-
-        The view stays valid until :meth:`consume`. :attr:`kind` and :attr:`more`
-        describe the record.
-
-        Records published before the ring was closed or broken are still returned:
-        a dead writer's last complete messages are not lost.
-
-        Raises:
-            ChannelClosedError: The ring was closed and everything was read.
-            ChannelBrokenError: The ring was marked broken and everything was read.
-        """
-        if self._pending:
-            raise RuntimeError("poll() again before consume()")
-        words = self._words
-        while True:
-            published = words[self._write_index]
-            if published == self._cursor:
-                state = words[self._state_index]
-                if state != OPEN and words[self._write_index] == self._cursor:
-                    _raise_for_state(int(state), "reader")
-                return None
-            if not STORES_ARE_ORDERED:
-                full_fence()
-            position = self._cursor & self._mask
-            header = words[(self._data + position) >> 3]
-            length = header & _LENGTH_MASK
-            kind = (header >> 32) & 0xFF
-            if kind == PAD:
-                self._cursor += HEADER_BYTES + length
-                continue
-            self.kind = kind
-            self.more = bool((header >> 40) & MORE)
-            self._pending = HEADER_BYTES + ((length + 7) & ~7)
-            start = self._data + position + HEADER_BYTES
-            return self._bytes[start : start + length]
-
-    def consume(self) -> None:
-        """Releases the record returned by :meth:`poll` back to the writer."""
-        cursor = self._cursor + self._pending
-        self._cursor = cursor
-        self._pending = 0
-        words = self._words
-        words[self._cursor_index] = cursor
-        full_fence()
-        if words[self._writer_bell_word]:
-            self._writer_bell.notify()
 
     def receive(
         self, *, deadline: float | None, alive: Callable[[], bool] | None = None
@@ -409,18 +262,26 @@ class RingReader:
         """
         view = self.poll()
         while view is None:
-            if not wait_until(
-                self.has_data, self._bell, deadline=deadline, alive=alive, strategy=self._strategy
-            ):
-                raise TimeoutError("no message arrived before the deadline")
+            self.wait(deadline=deadline, alive=alive)
             view = self.poll()
         return view
 
-    def detach(self) -> None:
-        """Stops holding the writer back: this reader will read no more."""
-        self._words[self._cursor_index + 1] = 1
-        full_fence()
-        self._writer_bell.interrupt()
+    def wait(self, *, deadline: float | None, alive: Callable[[], bool] | None = None) -> None:
+        """Waits until :meth:`has_data` (spinning first, then parked on :attr:`bell`).
+
+        Raises:
+            TimeoutError: Nothing arrived before the deadline.
+            ChannelBrokenError: ``alive()`` reported the writer gone.
+        """
+        if not wait_until(
+            self.has_data,
+            self._bell,
+            deadline=deadline,
+            alive=alive,
+            strategy=self._strategy,
+            spin=self.spin,
+        ):
+            raise TimeoutError("no message arrived before the deadline")
 
 
 def detach_reader(layout: RingLayout, reader: int) -> None:

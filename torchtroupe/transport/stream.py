@@ -34,6 +34,12 @@ class MessageWriter:
         self.ring = ring
         self._abort_pending = False
 
+    @property
+    def abort_pending(self) -> bool:
+        """True if the last message was abandoned part-way: the next :meth:`send`
+        first tells readers so. Nothing may bypass :meth:`send` until then."""
+        return self._abort_pending
+
     def send(
         self,
         chunks: Sequence[memoryview | bytes],
@@ -61,6 +67,8 @@ class MessageWriter:
             self._abort_pending = False
         limit = ring.max_payload
         if nbytes <= limit:
+            if ring.send(chunks, nbytes, wake):  # the common case: room now, one record
+                return
             view = ring.reserve(nbytes, deadline=deadline, alive=alive)
             position = 0
             for chunk in chunks:
@@ -226,6 +234,45 @@ class MessageReader:
             self.ring.consume()
             return False
         return True
+
+    def poll_message(
+        self, *, deadline: float | None = None, alive: Alive = None
+    ) -> tuple[int, int, memoryview | None, IncomingMessage | None] | None:
+        """The next message, if its first record has arrived, with its prelude read
+        (the codec's wire format, ``codec.py``): the hot path of calls and replies.
+
+        Returns:
+            None, or ``(target, tag, pickle, message)``. When ``pickle`` is not None
+            the message is that one record without tensors: unpickle ``pickle``, then
+            call ``ring.consume()``. Otherwise ``message`` is the message to decode.
+        """
+        while True:
+            polled = self.ring.poll_message()
+            if polled is None:
+                return None
+            if not self._starts_a_message():
+                continue
+            record, target, tag, pickle = polled
+            if target is None or tag is None:
+                raise ValueError("a record too short to start a codec message")
+            if pickle is not None:
+                return target, tag, pickle, None
+            return target, tag, None, IncomingMessage(self, record, deadline, alive)
+
+    def receive_message(
+        self, *, deadline: float | None, alive: Alive = None
+    ) -> tuple[int, int, memoryview | None, IncomingMessage | None]:
+        """Waits for the next message; see :meth:`poll_message`.
+
+        Raises:
+            TimeoutError: Nothing arrived before the deadline.
+            ChannelClosedError, ChannelBrokenError: From the ring.
+        """
+        while True:
+            polled = self.poll_message(deadline=deadline, alive=alive)
+            if polled is not None:
+                return polled
+            self.ring.wait(deadline=deadline, alive=alive)
 
     def receive(self, *, deadline: float | None, alive: Alive = None) -> IncomingMessage:
         """Waits for the next message; call :meth:`IncomingMessage.finish` when done.

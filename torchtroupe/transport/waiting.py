@@ -42,6 +42,7 @@ def wait_until(
     deadline: float | None,
     alive: Callable[[], bool] | None = None,
     strategy: WaitStrategy = DEFAULT_STRATEGY,
+    spin: Callable[[float], bool] | None = None,
 ) -> bool:
     """Waits until ``ready()`` is true.
 
@@ -51,6 +52,9 @@ def wait_until(
         deadline: ``time.monotonic()`` value to give up at, or None to wait for ever.
         alive: Returns False once the peer is gone; checked between park slices.
         strategy: Spin window and park slice.
+        spin: Busy-waits until the condition may have become true, at most the
+            given seconds (the ring core's ``spin``, a loop in C); by default the
+            spin window calls ``ready()`` in a Python loop.
 
     Returns:
         True if the condition became true, False if the deadline passed.
@@ -60,10 +64,14 @@ def wait_until(
     """
     if ready():
         return True
-    spin_end = time.perf_counter() + strategy.spin_s
-    while time.perf_counter() < spin_end:
-        if ready():
+    if spin is not None:
+        if spin(strategy.spin_s) and ready():
             return True
+    else:
+        spin_end = time.perf_counter() + strategy.spin_s
+        while time.perf_counter() < spin_end:
+            if ready():
+                return True
     while True:
         bell.prepare_park()
         if ready():

@@ -1,0 +1,965 @@
+/*
+ * _ringcore: the hot path of torchtroupe's shared-memory ring, in C.
+ *
+ * Runs in the writer's and the readers' processes, one thread per end at a time,
+ * with the GIL held (every operation here is a few hundred nanoseconds at most).
+ *
+ * This module implements exactly the ring of ring.py, word for word: the same
+ * layout, the same record format and the same publication order, so either end
+ * may be this code or the pure-Python core in _ringcore_py.py (the tests run
+ * one against the other). Waiting with deadlines, parking and liveness checks
+ * stay in Python (ring.py, waiting.py); this module only answers "is there room /
+ * data now", moves the bytes, publishes, and rings a doorbell when a peer parked.
+ *
+ * Ordering (Note [Publication order and fences] in fence.py): the payload and
+ * header are stored, then the write cursor with release semantics; a reader loads
+ * the cursor with acquire semantics before the header and payload. The doorbell
+ * protocol needs a full fence between the cursor store and the load of the
+ * doorbell, on both architectures.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RING_MAGIC 0x74726F7570650001ULL
+#define CACHE_LINE 64
+#define FIRST_READER_LINE 3
+#define STATE_OPEN 0
+#define STATE_BROKEN 2
+#define KIND_DATA 1
+#define KIND_PAD 2
+#define FLAG_MORE 1
+#define HEADER_BYTES 8
+#define LENGTH_MASK 0xFFFFFFFFULL
+#define BELL_AWAKE 0
+#define MAX_GATHER 8 /* chunks send() gathers in one record; more go the slow way */
+#define SPIN_CHECK_EVERY 64
+/* A message's prelude (codec.py): target, tag, n_storages, n_fds, pickle length. */
+#define PRELUDE_WORDS 5
+#define PRELUDE_BYTES (8 * PRELUDE_WORDS)
+
+static PyObject *closed_error; /* torchtroupe.errors.ChannelClosedError */
+static PyObject *broken_error; /* torchtroupe.errors.ChannelBrokenError */
+
+/* -- memory order ----------------------------------------------------------------- */
+
+static inline uint64_t load_acquire(const uint64_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+static inline uint64_t load_relaxed(const uint64_t *word) {
+    return __atomic_load_n(word, __ATOMIC_RELAXED);
+}
+
+static inline void store_release(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+static inline void store_relaxed(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELAXED);
+}
+
+static inline void full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static inline uint64_t *word_at(char *base, uint64_t offset) {
+    return (uint64_t *)(base + offset);
+}
+
+static inline uint64_t padded(uint64_t nbytes) { return (nbytes + 7) & ~7ULL; }
+
+static double monotonic_s(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+/* Wakes every thread parked on a doorbell word (not process-private: the word is
+ * in memory shared between processes). */
+static void futex_wake_all(uint64_t *bell) {
+    syscall(SYS_futex, (uint32_t *)bell, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Rings a doorbell if its waiter announced that it parks (see doorbell.py). Call
+ * after publishing and a full fence. */
+static inline void notify(uint64_t *bell) {
+    if (load_relaxed(bell) != BELL_AWAKE) {
+        store_relaxed(bell, BELL_AWAKE);
+        futex_wake_all(bell);
+    }
+}
+
+static PyObject *state_error(uint64_t state, const char *who) {
+    if (state == STATE_BROKEN) {
+        PyErr_Format(broken_error ? broken_error : PyExc_RuntimeError,
+                     "the ring was broken while the %s waited (its peer died)", who);
+    } else {
+        PyErr_Format(closed_error ? closed_error : PyExc_RuntimeError,
+                     "the ring was closed while the %s waited", who);
+    }
+    return NULL;
+}
+
+/* -- the ring's constant header ----------------------------------------------------- */
+
+typedef struct {
+    char *region;      /* the region's first byte: doorbell offsets count from here */
+    char *base;        /* the ring's first byte (its magic word) */
+    char *data;        /* the first data byte */
+    uint64_t capacity; /* data bytes, a power of two */
+    uint64_t n_readers;
+    uint64_t *write_cursor;
+    uint64_t *state;
+    uint64_t *writer_bell;
+} RingHeader;
+
+/* Reads the header of the ring at `offset` of `region` (a SharedRegion: anything
+ * with an integer `address` attribute, the region's first byte in this process). */
+static int read_header(RingHeader *ring, PyObject *region_object, unsigned long long offset) {
+    PyObject *address_object = PyObject_GetAttrString(region_object, "address");
+    if (address_object == NULL) {
+        return -1;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(address_object);
+    Py_DECREF(address_object);
+    if (address == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    char *region = (char *)(uintptr_t)address;
+    if (region == NULL || offset % CACHE_LINE) {
+        PyErr_Format(PyExc_ValueError, "no ring at offset %llu of this region", offset);
+        return -1;
+    }
+    uint64_t *words = word_at(region, offset);
+    if (load_acquire(&words[0]) != RING_MAGIC) {
+        PyErr_Format(PyExc_ValueError, "no ring at offset %llu of this region", offset);
+        return -1;
+    }
+    ring->region = region;
+    ring->base = region + offset;
+    ring->capacity = words[1];
+    ring->n_readers = words[2];
+    ring->writer_bell = word_at(region, words[3]);
+    ring->write_cursor = &words[CACHE_LINE / 8];
+    ring->state = &words[2 * CACHE_LINE / 8];
+    ring->data = ring->base + (FIRST_READER_LINE + ring->n_readers) * CACHE_LINE;
+    if (ring->capacity < 4096 || (ring->capacity & (ring->capacity - 1)) || ring->n_readers < 1) {
+        PyErr_SetString(PyExc_ValueError, "the ring's header is corrupt");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reader r's control line: cursor, detached flag, doorbell offset (from the region). */
+static inline uint64_t *reader_line(const RingHeader *ring, uint64_t reader) {
+    return (uint64_t *)(ring->base + (FIRST_READER_LINE + reader) * CACHE_LINE);
+}
+
+/* Tiny keyword parser for METH_FASTCALL | METH_KEYWORDS methods: fills values[i]
+ * for names[i]; positional arguments come first. */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, Py_ssize_t n_names, PyObject **values,
+                      const char *function) {
+    if (nargs > n_names) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments", function, n_names);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        values[i] = args[i];
+    }
+    if (kwnames == NULL) {
+        return 0;
+    }
+    Py_ssize_t n_keywords = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < n_keywords; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        while (i < n_names && PyUnicode_CompareWithASCIIString(key, names[i]) != 0) {
+            i++;
+        }
+        if (i == n_names) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", function,
+                         key);
+            return -1;
+        }
+        if (values[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for %R", function, key);
+            return -1;
+        }
+        values[i] = args[nargs + k];
+    }
+    return 0;
+}
+
+static int as_u64(PyObject *value, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ================================================================================= */
+/* WriterCore                                                                         */
+/* ================================================================================= */
+
+typedef struct {
+    PyObject_HEAD
+    RingHeader ring;
+    uint64_t mask;
+    uint64_t max_payload;
+    uint64_t cursor;      /* bytes written so far (our copy of the write cursor) */
+    uint64_t known_floor; /* the slowest live reader's cursor, as last read */
+    int64_t reserved;     /* data position of the reserved record, or -1 */
+    int ready;
+} WriterCore;
+
+static int writer_init(WriterCore *self, PyObject *args, PyObject *kwargs) {
+    PyObject *region;
+    unsigned long long offset;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "WriterCore(region, offset) takes no keywords");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OK", &region, &offset) ||
+        read_header(&self->ring, region, offset) < 0) {
+        return -1;
+    }
+    self->mask = self->ring.capacity - 1;
+    self->max_payload = self->ring.capacity / 4 - HEADER_BYTES;
+    self->cursor = load_acquire(self->ring.write_cursor);
+    self->known_floor = self->cursor;
+    self->reserved = -1;
+    self->ready = 1;
+    return 0;
+}
+
+static int writer_check(WriterCore *self) {
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "WriterCore.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t writer_floor(WriterCore *self) {
+    uint64_t floor = self->cursor;
+    for (uint64_t r = 0; r < self->ring.n_readers; r++) {
+        uint64_t *line = reader_line(&self->ring, r);
+        if (!load_relaxed(&line[1])) { /* not detached */
+            uint64_t cursor = load_acquire(&line[0]);
+            if (cursor < floor) {
+                floor = cursor;
+            }
+        }
+    }
+    self->known_floor = floor;
+    return floor;
+}
+
+/* The floor the readers must reach before a record of nbytes fits. */
+static uint64_t writer_needed_floor(WriterCore *self, uint64_t nbytes) {
+    uint64_t size = HEADER_BYTES + padded(nbytes);
+    uint64_t position = self->cursor & self->mask;
+    uint64_t tail = self->ring.capacity - position;
+    uint64_t needed = size <= tail ? size : tail + size;
+    return self->cursor + needed - self->ring.capacity;
+}
+
+/* Reserves a record of nbytes if there is room and the ring is open. Returns the
+ * payload's address, or NULL with no exception set when there is no room or the
+ * ring is not open (the caller decides), or NULL with an exception. */
+static char *writer_try_reserve(WriterCore *self, uint64_t nbytes) {
+    if (nbytes > self->max_payload) {
+        PyErr_Format(PyExc_ValueError, "a record holds at most %llu bytes, not %llu",
+                     (unsigned long long)self->max_payload, (unsigned long long)nbytes);
+        return NULL;
+    }
+    if (self->reserved >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "reserve() again before commit()");
+        return NULL;
+    }
+    uint64_t limit = writer_needed_floor(self, nbytes);
+    /* Cursors only grow, so a comparison that wraps needs 2**64 bytes written. */
+    if ((int64_t)(self->known_floor - limit) < 0 && (int64_t)(writer_floor(self) - limit) < 0) {
+        return NULL;
+    }
+    if (load_acquire(self->ring.state) != STATE_OPEN) {
+        return NULL;
+    }
+    uint64_t size = HEADER_BYTES + padded(nbytes);
+    uint64_t position = self->cursor & self->mask;
+    uint64_t tail = self->ring.capacity - position;
+    if (size > tail) {
+        store_relaxed(word_at(self->ring.data, position),
+                      (tail - HEADER_BYTES) | ((uint64_t)KIND_PAD << 32));
+        self->cursor += tail;
+        position = 0;
+    }
+    self->reserved = (int64_t)position;
+    return self->ring.data + position + HEADER_BYTES;
+}
+
+/* Reader r's doorbell word. */
+static inline uint64_t *reader_bell(const RingHeader *ring, uint64_t reader) {
+    return word_at(ring->region, load_relaxed(&reader_line(ring, reader)[2]));
+}
+
+/* Publishes the reserved record and wakes its reader (wake >= 0) or every reader
+ * that parked (wake < 0). */
+static void writer_publish(WriterCore *self, uint64_t nbytes, uint64_t kind, int more,
+                           int64_t wake) {
+    uint64_t position = (uint64_t)self->reserved;
+    self->reserved = -1;
+    store_relaxed(word_at(self->ring.data, position),
+                  nbytes | (kind << 32) | ((uint64_t)(more ? FLAG_MORE : 0) << 40));
+    self->cursor += HEADER_BYTES + padded(nbytes);
+    store_release(self->ring.write_cursor, self->cursor);
+    full_fence();
+    if (wake >= 0) {
+        if ((uint64_t)wake < self->ring.n_readers) {
+            notify(reader_bell(&self->ring, (uint64_t)wake));
+        }
+        return;
+    }
+    for (uint64_t r = 0; r < self->ring.n_readers; r++) {
+        notify(reader_bell(&self->ring, r));
+    }
+}
+
+static PyObject *writer_try_reserve_py(WriterCore *self, PyObject *arg) {
+    uint64_t nbytes;
+    if (writer_check(self) < 0 || as_u64(arg, &nbytes) < 0) {
+        return NULL;
+    }
+    char *payload = writer_try_reserve(self, nbytes);
+    if (payload == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return PyMemoryView_FromMemory(payload, (Py_ssize_t)nbytes, PyBUF_WRITE);
+}
+
+static int check_wake(WriterCore *self, int64_t wake) {
+    if (wake >= (int64_t)self->ring.n_readers) {
+        PyErr_Format(PyExc_ValueError, "wake=%lld names no reader of a ring of %llu readers",
+                     (long long)wake, (unsigned long long)self->ring.n_readers);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *writer_commit_py(WriterCore *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames) {
+    static const char *const names[] = {"nbytes", "more", "kind", "wake"};
+    PyObject *values[4] = {NULL, NULL, NULL, NULL};
+    if (writer_check(self) < 0 ||
+        parse_args(args, nargs, kwnames, names, 4, values, "commit") < 0) {
+        return NULL;
+    }
+    if (values[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "commit() needs nbytes");
+        return NULL;
+    }
+    uint64_t nbytes, kind = KIND_DATA;
+    long long wake = -1;
+    int more = 0;
+    if (as_u64(values[0], &nbytes) < 0) {
+        return NULL;
+    }
+    if (values[1] != NULL && (more = PyObject_IsTrue(values[1])) < 0) {
+        return NULL;
+    }
+    if (values[2] != NULL && as_u64(values[2], &kind) < 0) {
+        return NULL;
+    }
+    if (values[3] != NULL && (wake = PyLong_AsLongLong(values[3])) == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->reserved < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "commit() without reserve()");
+        return NULL;
+    }
+    if (nbytes > self->max_payload || check_wake(self, wake) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "commit() of more bytes than were reserved");
+        }
+        return NULL;
+    }
+    writer_publish(self, nbytes, kind, more, wake);
+    Py_RETURN_NONE;
+}
+
+/* send(chunks, nbytes, wake) -> bool: the whole message as one record, if it fits a
+ * record and there is room now. False: nothing was written (no room, the ring is
+ * not open, the message needs fragments, or it has many chunks); use reserve(). */
+static PyObject *writer_send_py(WriterCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send(chunks, nbytes, wake) takes 3 arguments");
+        return NULL;
+    }
+    uint64_t nbytes;
+    long long wake = PyLong_AsLongLong(args[2]);
+    if ((wake == -1 && PyErr_Occurred()) || as_u64(args[1], &nbytes) < 0 ||
+        check_wake(self, wake) < 0) {
+        return NULL;
+    }
+    PyObject *chunks = PySequence_Fast(args[0], "send() needs a sequence of buffers");
+    if (chunks == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n_chunks = PySequence_Fast_GET_SIZE(chunks);
+    if (nbytes > self->max_payload || n_chunks > MAX_GATHER) {
+        Py_DECREF(chunks);
+        Py_RETURN_FALSE;
+    }
+    Py_buffer views[MAX_GATHER];
+    Py_ssize_t held = 0;
+    uint64_t total = 0;
+    PyObject *result = NULL;
+    for (; held < n_chunks; held++) {
+        PyObject *chunk = PySequence_Fast_GET_ITEM(chunks, held);
+        if (PyObject_GetBuffer(chunk, &views[held], PyBUF_C_CONTIGUOUS) < 0) {
+            goto done;
+        }
+        total += (uint64_t)views[held].len;
+    }
+    if (total != nbytes) {
+        PyErr_Format(PyExc_ValueError, "the chunks hold %llu bytes, not nbytes=%llu",
+                     (unsigned long long)total, (unsigned long long)nbytes);
+        goto done;
+    }
+    char *payload = writer_try_reserve(self, nbytes);
+    if (payload == NULL) {
+        if (!PyErr_Occurred()) {
+            result = Py_NewRef(Py_False);
+        }
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_chunks; i++) {
+        memcpy(payload, views[i].buf, (size_t)views[i].len);
+        payload += views[i].len;
+    }
+    writer_publish(self, nbytes, KIND_DATA, 0, wake);
+    result = Py_NewRef(Py_True);
+done:
+    for (Py_ssize_t i = 0; i < held; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    Py_DECREF(chunks);
+    return result;
+}
+
+/* send_message(target, tag, pickle, wake) -> bool: a message without tensors as one
+ * record, prelude and pickle, if it fits a record and there is room now. False:
+ * nothing was written; use codec.py's general path. */
+static PyObject *writer_send_message_py(WriterCore *self, PyObject *const *args,
+                                        Py_ssize_t nargs) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_message(target, tag, pickle, wake) takes 4 arguments");
+        return NULL;
+    }
+    long long target = PyLong_AsLongLong(args[0]);
+    if (target == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long tag = PyLong_AsLongLong(args[1]);
+    if (tag == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long wake = PyLong_AsLongLong(args[3]);
+    if ((wake == -1 && PyErr_Occurred()) || check_wake(self, wake) < 0) {
+        return NULL;
+    }
+    Py_buffer pickle;
+    if (PyObject_GetBuffer(args[2], &pickle, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    uint64_t nbytes = PRELUDE_BYTES + (uint64_t)pickle.len;
+    PyObject *result = NULL;
+    if (nbytes > self->max_payload) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    char *payload = writer_try_reserve(self, nbytes);
+    if (payload == NULL) {
+        if (!PyErr_Occurred()) {
+            result = Py_NewRef(Py_False);
+        }
+        goto done;
+    }
+    uint64_t prelude[PRELUDE_WORDS] = {(uint64_t)target, (uint64_t)tag, 0, 0,
+                                       (uint64_t)pickle.len};
+    memcpy(payload, prelude, PRELUDE_BYTES);
+    memcpy(payload + PRELUDE_BYTES, pickle.buf, (size_t)pickle.len);
+    writer_publish(self, nbytes, KIND_DATA, 0, wake);
+    result = Py_NewRef(Py_True);
+done:
+    PyBuffer_Release(&pickle);
+    return result;
+}
+
+static PyObject *writer_floor_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(writer_floor(self));
+}
+
+static PyObject *writer_needed_floor_py(WriterCore *self, PyObject *arg) {
+    uint64_t nbytes;
+    if (writer_check(self) < 0 || as_u64(arg, &nbytes) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)writer_needed_floor(self, nbytes));
+}
+
+static PyObject *writer_notify_all_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    full_fence();
+    for (uint64_t r = 0; r < self->ring.n_readers; r++) {
+        notify(reader_bell(&self->ring, r));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_detached_readers_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (uint64_t r = 0; r < self->ring.n_readers; r++) {
+        if (load_relaxed(&reader_line(&self->ring, r)[1])) {
+            PyObject *index = PyLong_FromUnsignedLongLong(r);
+            if (index == NULL || PyList_Append(list, index) < 0) {
+                Py_XDECREF(index);
+                Py_DECREF(list);
+                return NULL;
+            }
+            Py_DECREF(index);
+        }
+    }
+    return list;
+}
+
+static PyObject *writer_state_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(load_acquire(self->ring.state));
+}
+
+static PyObject *writer_get_cursor(WriterCore *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(self->cursor);
+}
+
+static PyObject *writer_get_max_payload(WriterCore *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(self->max_payload);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"try_reserve", (PyCFunction)writer_try_reserve_py, METH_O,
+     "try_reserve(nbytes) -> memoryview | None: room for one record's payload now, or None "
+     "(no room, or the ring is not open)."},
+    {"commit", (PyCFunction)(void (*)(void))writer_commit_py, METH_FASTCALL | METH_KEYWORDS,
+     "commit(nbytes, more=False, kind=DATA, wake=-1): publishes the reserved record."},
+    {"send", (PyCFunction)(void (*)(void))writer_send_py, METH_FASTCALL,
+     "send(chunks, nbytes, wake) -> bool: one whole record now, or False (nothing written)."},
+    {"send_message", (PyCFunction)(void (*)(void))writer_send_message_py, METH_FASTCALL,
+     "send_message(target, tag, pickle, wake) -> bool: a message without tensors as one "
+     "record now, or False (nothing written)."},
+    {"floor", (PyCFunction)writer_floor_py, METH_NOARGS,
+     "floor() -> int: the slowest live reader's cursor."},
+    {"needed_floor", (PyCFunction)writer_needed_floor_py, METH_O,
+     "needed_floor(nbytes) -> int: the floor at which a record of nbytes fits."},
+    {"notify_all", (PyCFunction)writer_notify_all_py, METH_NOARGS,
+     "notify_all(): wakes every parked reader."},
+    {"detached_readers", (PyCFunction)writer_detached_readers_py, METH_NOARGS,
+     "detached_readers() -> list[int]: readers that no longer hold the writer back."},
+    {"state", (PyCFunction)writer_state_py, METH_NOARGS, "state() -> int: OPEN, CLOSED or BROKEN."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef writer_getset[] = {
+    {"cursor", (getter)writer_get_cursor, NULL, "Bytes written so far (the write cursor).", NULL},
+    {"max_payload", (getter)writer_get_max_payload, NULL, "Largest payload of one record.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WriterCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "torchtroupe.transport._ringcore.WriterCore",
+    .tp_basicsize = sizeof(WriterCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "WriterCore(region, offset): the writing end of the ring at offset of a "
+              "SharedRegion.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_methods = writer_methods,
+    .tp_getset = writer_getset,
+};
+
+/* ================================================================================= */
+/* ReaderCore                                                                         */
+/* ================================================================================= */
+
+typedef struct {
+    PyObject_HEAD
+    RingHeader ring;
+    uint64_t mask;
+    uint64_t cursor;  /* bytes consumed so far (our copy of the read cursor) */
+    uint64_t pending; /* bytes the record returned by poll() occupies, or 0 */
+    uint64_t *cursor_word;
+    int kind;
+    char more;
+    int ready;
+} ReaderCore;
+
+static int reader_init(ReaderCore *self, PyObject *args, PyObject *kwargs) {
+    PyObject *region;
+    unsigned long long offset;
+    long long reader;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "ReaderCore(region, offset, reader) takes no keywords");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OKL", &region, &offset, &reader) ||
+        read_header(&self->ring, region, offset) < 0) {
+        return -1;
+    }
+    if (reader < 0 || (uint64_t)reader >= self->ring.n_readers) {
+        PyErr_Format(PyExc_ValueError, "reader %lld out of range for a ring of %llu readers",
+                     reader, (unsigned long long)self->ring.n_readers);
+        return -1;
+    }
+    self->mask = self->ring.capacity - 1;
+    self->cursor_word = reader_line(&self->ring, (uint64_t)reader);
+    self->cursor = load_acquire(self->cursor_word);
+    self->pending = 0;
+    self->kind = KIND_DATA;
+    self->more = 0;
+    self->ready = 1;
+    return 0;
+}
+
+static int reader_check(ReaderCore *self) {
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "ReaderCore.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
+static inline int reader_has_data(ReaderCore *self) {
+    return load_relaxed(self->ring.write_cursor) != self->cursor ||
+           load_relaxed(self->ring.state) != STATE_OPEN;
+}
+
+/* The next record (skipping PADs): its payload address and length, or NULL with no
+ * exception when nothing is published, or NULL with an exception when the ring is
+ * closed or broken and drained. */
+static char *reader_next(ReaderCore *self, uint64_t *length_out) {
+    if (reader_check(self) < 0) {
+        return NULL;
+    }
+    if (self->pending) {
+        PyErr_SetString(PyExc_RuntimeError, "poll() again before consume()");
+        return NULL;
+    }
+    for (;;) {
+        uint64_t published = load_acquire(self->ring.write_cursor);
+        if (published == self->cursor) {
+            uint64_t state = load_acquire(self->ring.state);
+            if (state != STATE_OPEN && load_acquire(self->ring.write_cursor) == self->cursor) {
+                state_error(state, "reader");
+            }
+            return NULL;
+        }
+        uint64_t position = self->cursor & self->mask;
+        uint64_t header = load_relaxed(word_at(self->ring.data, position));
+        uint64_t length = header & LENGTH_MASK;
+        int kind = (int)((header >> 32) & 0xFF);
+        if (kind == KIND_PAD) {
+            self->cursor += HEADER_BYTES + length;
+            continue;
+        }
+        self->kind = kind;
+        self->more = (char)(((header >> 40) & FLAG_MORE) != 0);
+        self->pending = HEADER_BYTES + padded(length);
+        *length_out = length;
+        return self->ring.data + position + HEADER_BYTES;
+    }
+}
+
+static PyObject *reader_poll_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t length;
+    char *payload = reader_next(self, &length);
+    if (payload == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
+}
+
+/* poll_message() -> None | (record, target, tag, pickle): poll(), and for a record
+ * that starts a message, its prelude (codec.py). target and tag are None for a
+ * record too short to hold a prelude (ABORT); pickle is the pickle bytes when the
+ * whole message is this one record and carries no tensors, else None. */
+static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t length;
+    char *payload = reader_next(self, &length);
+    if (payload == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *record = PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
+    if (record == NULL) {
+        return NULL;
+    }
+    if (self->kind != KIND_DATA || length < PRELUDE_BYTES) {
+        return Py_BuildValue("(NOOO)", record, Py_None, Py_None, Py_None);
+    }
+    uint64_t prelude[PRELUDE_WORDS];
+    memcpy(prelude, payload, PRELUDE_BYTES);
+    PyObject *pickle = NULL;
+    if (!self->more && prelude[2] == 0 && prelude[3] == 0 &&
+        prelude[4] <= length - PRELUDE_BYTES) {
+        pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES, (Py_ssize_t)prelude[4],
+                                         PyBUF_WRITE);
+        if (pickle == NULL) {
+            Py_DECREF(record);
+            return NULL;
+        }
+    } else {
+        pickle = Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(NLLN)", record, (long long)prelude[0], (long long)prelude[1], pickle);
+}
+
+static PyObject *reader_consume_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (reader_check(self) < 0) {
+        return NULL;
+    }
+    self->cursor += self->pending;
+    self->pending = 0;
+    store_release(self->cursor_word, self->cursor);
+    full_fence();
+    notify(self->ring.writer_bell);
+    Py_RETURN_NONE;
+}
+
+static PyObject *reader_has_data_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (reader_check(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(reader_has_data(self));
+}
+
+static int parse_seconds(PyObject *arg, double *seconds) {
+    *seconds = PyFloat_AsDouble(arg);
+    if (*seconds == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Spins (GIL held) until one of n readers has data or `seconds` pass. */
+static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) {
+    double end = -1.0;
+    for (unsigned long spins = 0;; spins++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (reader_has_data(readers[i])) {
+                return 1;
+            }
+        }
+        if (spins % SPIN_CHECK_EVERY == 0) {
+            double now = monotonic_s();
+            if (end < 0) {
+                end = now + seconds;
+            } else if (now >= end) {
+                return 0;
+            }
+        }
+        cpu_relax();
+    }
+}
+
+static PyObject *reader_spin_py(ReaderCore *self, PyObject *arg) {
+    double seconds;
+    if (reader_check(self) < 0 || parse_seconds(arg, &seconds) < 0) {
+        return NULL;
+    }
+    ReaderCore *readers[1] = {self};
+    return PyBool_FromLong(spin_until(readers, 1, seconds));
+}
+
+static PyObject *reader_detach_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (reader_check(self) < 0) {
+        return NULL;
+    }
+    store_release(&self->cursor_word[1], 1);
+    full_fence();
+    store_relaxed(self->ring.writer_bell, BELL_AWAKE);
+    futex_wake_all(self->ring.writer_bell);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef reader_methods[] = {
+    {"poll", (PyCFunction)reader_poll_py, METH_NOARGS,
+     "poll() -> memoryview | None: the next record's payload (see kind and more)."},
+    {"poll_message", (PyCFunction)reader_poll_message_py, METH_NOARGS,
+     "poll_message() -> None | (record, target, tag, pickle): poll() with the message's "
+     "prelude read (pickle: the pickle bytes of a one-record message without tensors)."},
+    {"consume", (PyCFunction)reader_consume_py, METH_NOARGS,
+     "consume(): releases the record returned by poll() to the writer."},
+    {"has_data", (PyCFunction)reader_has_data_py, METH_NOARGS,
+     "has_data() -> bool: a record waits, or the ring is no longer open."},
+    {"spin", (PyCFunction)reader_spin_py, METH_O,
+     "spin(seconds) -> bool: busy-waits until has_data(), at most seconds."},
+    {"detach", (PyCFunction)reader_detach_py, METH_NOARGS,
+     "detach(): stops holding the writer back, for good."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef reader_members[] = {
+    {"kind", T_INT, offsetof(ReaderCore, kind), READONLY, "Kind of the polled record."},
+    {"more", T_BOOL, offsetof(ReaderCore, more), READONLY,
+     "True if more fragments of the polled record's message follow."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ReaderCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "torchtroupe.transport._ringcore.ReaderCore",
+    .tp_basicsize = sizeof(ReaderCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "ReaderCore(region, offset, reader): reading end number reader of the ring "
+              "at offset of a SharedRegion.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_methods = reader_methods,
+    .tp_members = reader_members,
+};
+
+/* ================================================================================= */
+/* Module                                                                             */
+/* ================================================================================= */
+
+static PyObject *module_full_fence(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)) {
+    full_fence();
+    Py_RETURN_NONE;
+}
+
+static PyObject *module_spin_any(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                 Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "spin_any(readers: tuple[ReaderCore, ...], seconds)");
+        return NULL;
+    }
+    double seconds;
+    if (parse_seconds(args[1], &seconds) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+    ReaderCore *stack[16];
+    ReaderCore **readers = n <= 16 ? stack : PyMem_Malloc((size_t)n * sizeof(ReaderCore *));
+    if (readers == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(args[0], i);
+        if (!PyObject_TypeCheck(item, &ReaderCoreType) || !((ReaderCore *)item)->ready) {
+            PyErr_SetString(PyExc_TypeError, "spin_any() needs initialised ReaderCore objects");
+            goto done;
+        }
+        readers[i] = (ReaderCore *)item;
+    }
+    result = n ? PyBool_FromLong(spin_until(readers, n, seconds)) : Py_NewRef(Py_False);
+done:
+    if (readers != stack) {
+        PyMem_Free(readers);
+    }
+    return result;
+}
+
+static PyObject *module_set_errors(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *closed, *broken;
+    if (!PyArg_ParseTuple(args, "OO", &closed, &broken)) {
+        return NULL;
+    }
+    if (!PyExceptionClass_Check(closed) || !PyExceptionClass_Check(broken)) {
+        PyErr_SetString(PyExc_TypeError, "set_errors() needs two exception classes");
+        return NULL;
+    }
+    Py_XSETREF(closed_error, Py_NewRef(closed));
+    Py_XSETREF(broken_error, Py_NewRef(broken));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"full_fence", module_full_fence, METH_NOARGS, "full_fence(): a full memory fence."},
+    {"spin_any", (PyCFunction)(void (*)(void))module_spin_any, METH_FASTCALL,
+     "spin_any(readers, seconds) -> bool: busy-waits until one reader has data."},
+    {"set_errors", module_set_errors, METH_VARARGS,
+     "set_errors(closed, broken): the exceptions poll() raises for a closed or broken ring."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ringcore_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "torchtroupe.transport._ringcore",
+    .m_doc = "The hot path of torchtroupe's shared-memory ring (see ring.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__ringcore(void) {
+    if (PyType_Ready(&WriterCoreType) < 0 || PyType_Ready(&ReaderCoreType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&ringcore_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "WriterCore", (PyObject *)&WriterCoreType) < 0 ||
+        PyModule_AddObjectRef(module, "ReaderCore", (PyObject *)&ReaderCoreType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

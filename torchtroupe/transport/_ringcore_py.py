@@ -1,0 +1,313 @@
+"""The ring's hot path in pure Python: the fallback for ``_ringcore.c``.
+
+Runs in the writer's and the readers' processes, one thread per end at a time.
+
+Same classes, methods and behaviour as the C extension ``_ringcore`` (the layout
+is documented in ``ring.py``); ``ring.py`` builds on whichever is available, and
+the tests run each against the other. This one serves where the extension was not
+built, or with ``TORCHTROUPE_NATIVE=0``; it is several times slower per message.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from .fence import STORES_ARE_ORDERED, full_fence
+from .futex import futex_wake
+
+_MAGIC = 0x74726F7570650001  # "troupe" v1
+_LINE_WORDS = 8
+_FIRST_READER_LINE = 3
+_OPEN, _BROKEN = 0, 2
+_DATA, _PAD = 1, 2
+_MORE = 1
+_HEADER_BYTES = 8
+_LENGTH_MASK = 0xFFFFFFFF
+_AWAKE = 0
+_PRELUDE = struct.Struct("<qqQQQ")  # codec.py: target, tag, n_storages, n_fds, pickle length
+
+_closed_error: type[Exception] = RuntimeError
+_broken_error: type[Exception] = RuntimeError
+
+
+class RegionLike(Protocol):
+    """What the cores need of a :class:`~torchtroupe.transport.region.SharedRegion`."""
+
+    address: int
+    words: memoryview
+
+
+def set_errors(closed: type[Exception], broken: type[Exception]) -> None:
+    """Sets the exceptions :meth:`ReaderCore.poll` raises for a closed or broken ring."""
+    global _closed_error, _broken_error
+    _closed_error, _broken_error = closed, broken
+
+
+def _state_error(state: int, who: str) -> Exception:
+    if state == _BROKEN:
+        return _broken_error(f"the ring was broken while the {who} waited (its peer died)")
+    return _closed_error(f"the ring was closed while the {who} waited")
+
+
+class _Header:
+    """The constant part of a ring: where its cursors, bells and data are."""
+
+    def __init__(self, region: RegionLike, offset: int) -> None:
+        words = region.words
+        base = offset // 8
+        if offset % 64 or words[base] != _MAGIC:
+            raise ValueError(f"no ring at offset {offset} of this region")
+        self.words = words
+        self.address = region.address
+        self.capacity = int(words[base + 1])
+        self.n_readers = int(words[base + 2])
+        self.writer_bell = int(words[base + 3]) // 8
+        self.write_index = base + _LINE_WORDS
+        self.state_index = base + 2 * _LINE_WORDS
+        self.data = offset + (_FIRST_READER_LINE + self.n_readers) * 64
+        self.reader_lines = [
+            base + (_FIRST_READER_LINE + r) * _LINE_WORDS for r in range(self.n_readers)
+        ]
+
+    def reader_bell(self, reader: int) -> int:
+        return int(self.words[self.reader_lines[reader] + 2]) // 8
+
+    def notify(self, bell: int) -> None:
+        """Rings the doorbell at word ``bell`` if its waiter parked."""
+        if self.words[bell] != _AWAKE:
+            self.words[bell] = _AWAKE
+            futex_wake(self.address + 8 * bell)
+
+
+class WriterCore:
+    """The writing end of the ring at ``offset`` of ``region``."""
+
+    def __init__(self, region: RegionLike, offset: int) -> None:
+        ring = self._ring = _Header(region, offset)
+        self._words = ring.words
+        self._bytes = ring.words.cast("B")
+        self._mask = ring.capacity - 1
+        self._max_payload = ring.capacity // 4 - _HEADER_BYTES
+        self._cursor = int(self._words[ring.write_index])
+        self._known_floor = self._cursor
+        self._reserved = -1
+
+    @property
+    def cursor(self) -> int:
+        """Bytes written so far (the write cursor)."""
+        return self._cursor
+
+    @property
+    def max_payload(self) -> int:
+        """Largest payload of one record."""
+        return self._max_payload
+
+    def state(self) -> int:
+        """OPEN, CLOSED or BROKEN."""
+        return int(self._words[self._ring.state_index])
+
+    def floor(self) -> int:
+        """The slowest live reader's cursor."""
+        words = self._words
+        floor = self._cursor
+        for line in self._ring.reader_lines:
+            if not words[line + 1]:  # not detached
+                cursor = int(words[line])
+                if cursor < floor:
+                    floor = cursor
+        self._known_floor = floor
+        return floor
+
+    def needed_floor(self, nbytes: int) -> int:
+        """The floor at which a record of ``nbytes`` fits."""
+        size = _HEADER_BYTES + ((nbytes + 7) & ~7)
+        tail = self._ring.capacity - (self._cursor & self._mask)
+        needed = size if size <= tail else tail + size
+        return self._cursor + needed - self._ring.capacity
+
+    def try_reserve(self, nbytes: int) -> memoryview | None:
+        """Room for one record's payload now, or None (no room, or not open)."""
+        if nbytes > self._max_payload:
+            raise ValueError(f"a record holds at most {self._max_payload} bytes, not {nbytes}")
+        if self._reserved >= 0:
+            raise RuntimeError("reserve() again before commit()")
+        limit = self.needed_floor(nbytes)
+        if self._known_floor < limit and self.floor() < limit:
+            return None
+        if self._words[self._ring.state_index] != _OPEN:
+            return None
+        size = _HEADER_BYTES + ((nbytes + 7) & ~7)
+        position = self._cursor & self._mask
+        tail = self._ring.capacity - position
+        if size > tail:
+            self._words[(self._ring.data + position) // 8] = (tail - _HEADER_BYTES) | (_PAD << 32)
+            self._cursor += tail
+            position = 0
+        self._reserved = position
+        start = self._ring.data + position + _HEADER_BYTES
+        return self._bytes[start : start + nbytes]
+
+    def commit(self, nbytes: int, more: bool = False, kind: int = _DATA, wake: int = -1) -> None:
+        """Publishes the reserved record; wakes reader ``wake`` (-1: every parked one)."""
+        if self._reserved < 0:
+            raise RuntimeError("commit() without reserve()")
+        ring = self._ring
+        if wake >= ring.n_readers:
+            raise ValueError(f"wake={wake} names no reader of a ring of {ring.n_readers} readers")
+        position = self._reserved
+        self._reserved = -1
+        words = self._words
+        words[(ring.data + position) >> 3] = nbytes | (kind << 32) | (more << 40)
+        self._cursor += _HEADER_BYTES + ((nbytes + 7) & ~7)
+        if not STORES_ARE_ORDERED:
+            full_fence()
+        words[ring.write_index] = self._cursor
+        full_fence()
+        if wake >= 0:
+            ring.notify(ring.reader_bell(wake))
+            return
+        for reader in range(ring.n_readers):
+            ring.notify(ring.reader_bell(reader))
+
+    def send(self, chunks: Sequence[memoryview | bytes], nbytes: int, wake: int) -> bool:
+        """Writes the message as one record now, or returns False having written nothing
+        (no room, not open, or too big for one record)."""
+        if nbytes > self._max_payload:
+            return False
+        total = sum(memoryview(chunk).nbytes for chunk in chunks)
+        if total != nbytes:
+            raise ValueError(f"the chunks hold {total} bytes, not nbytes={nbytes}")
+        view = self.try_reserve(nbytes)
+        if view is None:
+            return False
+        position = 0
+        for chunk in chunks:
+            flat = memoryview(chunk).cast("B")
+            view[position : position + len(flat)] = flat
+            position += len(flat)
+        self.commit(nbytes, wake=wake)
+        return True
+
+    def send_message(self, target: int, tag: int, pickle: bytes, wake: int) -> bool:
+        """Writes a message without tensors (prelude and pickle, ``codec.py``) as one
+        record now, or returns False having written nothing."""
+        prelude = _PRELUDE.pack(target, tag, 0, 0, len(pickle))
+        return self.send((prelude, pickle), len(prelude) + len(pickle), wake)
+
+    def notify_all(self) -> None:
+        """Wakes every parked reader."""
+        full_fence()
+        for reader in range(self._ring.n_readers):
+            self._ring.notify(self._ring.reader_bell(reader))
+
+    def detached_readers(self) -> list[int]:
+        """Readers that no longer hold the writer back."""
+        words = self._words
+        return [r for r, line in enumerate(self._ring.reader_lines) if words[line + 1]]
+
+
+class ReaderCore:
+    """Reading end number ``reader`` of the ring at ``offset`` of ``region``."""
+
+    def __init__(self, region: RegionLike, offset: int, reader: int) -> None:
+        ring = self._ring = _Header(region, offset)
+        if not 0 <= reader < ring.n_readers:
+            raise ValueError(
+                f"reader {reader} out of range for a ring of {ring.n_readers} readers"
+            )
+        self._words = ring.words
+        self._bytes = ring.words.cast("B")
+        self._mask = ring.capacity - 1
+        self._cursor_index = ring.reader_lines[reader]
+        self._cursor = int(self._words[self._cursor_index])
+        self._pending = 0
+        self.kind = _DATA
+        self.more = False
+
+    def has_data(self) -> bool:
+        """True if a record (possibly a PAD) waits, or the ring is no longer open."""
+        words, ring = self._words, self._ring
+        return words[ring.write_index] != self._cursor or words[ring.state_index] != _OPEN
+
+    def poll(self) -> memoryview | None:
+        """The next record's payload, or None; see :attr:`kind` and :attr:`more`."""
+        if self._pending:
+            raise RuntimeError("poll() again before consume()")
+        words, ring = self._words, self._ring
+        while True:
+            if words[ring.write_index] == self._cursor:
+                state = words[ring.state_index]
+                if state != _OPEN and words[ring.write_index] == self._cursor:
+                    raise _state_error(int(state), "reader")
+                return None
+            if not STORES_ARE_ORDERED:
+                full_fence()
+            position = self._cursor & self._mask
+            header = words[(ring.data + position) >> 3]
+            length = header & _LENGTH_MASK
+            kind = (header >> 32) & 0xFF
+            if kind == _PAD:
+                self._cursor += _HEADER_BYTES + length
+                continue
+            self.kind = kind
+            self.more = bool((header >> 40) & _MORE)
+            self._pending = _HEADER_BYTES + ((length + 7) & ~7)
+            start = ring.data + position + _HEADER_BYTES
+            return self._bytes[start : start + length]
+
+    def poll_message(
+        self,
+    ) -> tuple[memoryview, int | None, int | None, memoryview | None] | None:
+        """:meth:`poll`, with the prelude (``codec.py``) of a record that starts a message.
+
+        Returns:
+            None if nothing is published, else ``(record, target, tag, pickle)``;
+            target and tag are None for a record too short for a prelude (ABORT);
+            pickle is the pickle bytes when the whole message is this record and
+            carries no tensors, else None.
+        """
+        record = self.poll()
+        if record is None:
+            return None
+        if self.kind != _DATA or len(record) < _PRELUDE.size:
+            return record, None, None, None
+        target, tag, n_storages, n_fds, pickle_len = _PRELUDE.unpack_from(record)
+        pickle = None
+        complete = not self.more and pickle_len <= len(record) - _PRELUDE.size
+        if complete and not n_storages and not n_fds:
+            pickle = record[_PRELUDE.size : _PRELUDE.size + pickle_len]
+        return record, target, tag, pickle
+
+    def consume(self) -> None:
+        """Releases the record returned by :meth:`poll` to the writer."""
+        self._cursor += self._pending
+        self._pending = 0
+        self._words[self._cursor_index] = self._cursor
+        full_fence()
+        self._ring.notify(self._ring.writer_bell)
+
+    def spin(self, seconds: float) -> bool:
+        """Busy-waits until :meth:`has_data`, at most ``seconds``."""
+        return spin_any((self,), seconds)
+
+    def detach(self) -> None:
+        """Stops holding the writer back, for good."""
+        self._words[self._cursor_index + 1] = 1
+        full_fence()
+        bell = self._ring.writer_bell
+        self._words[bell] = _AWAKE
+        futex_wake(self._ring.address + 8 * bell)
+
+
+def spin_any(readers: tuple[ReaderCore, ...], seconds: float) -> bool:
+    """Busy-waits until one of ``readers`` has data, at most ``seconds``."""
+    end = time.perf_counter() + seconds
+    while True:
+        for reader in readers:
+            if reader.has_data():
+                return True
+        if time.perf_counter() >= end:
+            return False
