@@ -11,6 +11,11 @@ if [ -d .whl ]; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+# The compiled ring core, built in place for this machine's python (a checkout carries
+# no binaries); without it the slower pure-Python core runs, and the line below says so.
+python3 setup.py -q build_ext --inplace > "$out/build.txt" 2>&1 || cat "$out/build.txt"
+python3 -c "from torchtroupe.transport.core import IMPLEMENTATION; print('ring core:', IMPLEMENTATION)" \
+  | tee "$out/core.txt"
 quick="${QUICK:+--quick}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpus.txt"
 python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" --timeout 300 2>&1 | tee "$out/gpu-tests.txt"

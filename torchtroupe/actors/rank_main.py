@@ -156,37 +156,41 @@ class RankRuntime:
 
     def serve(self) -> None:
         """Answers requests one at a time until a STOP request."""
+        while self.serve_one():
+            pass
+
+    def serve_one(self) -> bool:
+        """Waits for the next message on the request ring and answers it if it is for
+        this rank. Returns False after a STOP request."""
         requests = self.end.requests
-        release = requests.ring.consume
-        rank = self.boot.rank
-        while True:
-            target, tag, pickle, message = requests.receive_message(deadline=None)
-            if target != TARGET_ALL and target != rank:
-                if message is None:
-                    release()
-                else:
-                    message.finish()
-                continue
-            try:
-                if pickle is not None:
-                    try:
-                        request = loads(pickle)  # one record, no tensors: the hot path
-                    finally:
-                        release()
-                else:
-                    assert message is not None
-                    request = decode(message, self._claim_fds)
-                seq, kind, name, args, kwargs = request
-            except MessageAbortedError:
-                continue
-            except Exception as error:
-                error.add_note("the request could not be unpickled in the rank")
-                self.reply(tag, ERROR, capture(error))
-                continue
-            if kind == STOP:
-                self.reply(seq, STOPPED, None)
-                return
-            self.handle(seq, kind, name, args, kwargs)
+        target, tag, pickle, message = requests.receive_message(deadline=None)
+        if target != TARGET_ALL and target != self.boot.rank:
+            if message is None:
+                requests.ring.consume()
+            else:
+                message.finish()
+            return True
+        try:
+            if pickle is not None:
+                try:
+                    request = loads(pickle)  # one record, no tensors: the hot path
+                finally:
+                    requests.ring.consume()
+            else:
+                assert message is not None
+                request = decode(message, self._claim_fds)
+            seq, kind, name, args, kwargs = request
+        except MessageAbortedError:
+            return True
+        except Exception as error:
+            error.add_note("the request could not be unpickled in the rank")
+            self.reply(tag, ERROR, capture(error))
+            return True
+        if kind == STOP:
+            self.reply(seq, STOPPED, None)
+            return False
+        self.handle(seq, kind, name, args, kwargs)
+        return True
 
     def _claim_fds(self, tag: int, count: int) -> list[int]:
         return self.fds.receive(tag, count, timeout=_FD_TIMEOUT_S)
