@@ -32,7 +32,14 @@ import cloudpickle
 import torch
 
 from .._remote_errors import capture
-from ..transport.codec import TARGET_ALL, EncodedMessage, Encoder, decode, send_encoded
+from ..transport.codec import (
+    TARGET_ALL,
+    EncodedMessage,
+    Encoder,
+    decode,
+    peek_target,
+    send_encoded,
+)
 from ..transport.fdpass import FdChannel
 from ..transport.mailbox import MailboxLayout, RankEnd
 from ..transport.stream import MessageAbortedError
@@ -160,31 +167,34 @@ class RankRuntime:
             pass
 
     def serve_one(self) -> bool:
-        """Waits for the next message on the request ring and answers it if it is for
-        this rank. Returns False after a STOP request."""
+        """Waits for the next request for this rank and answers it. Returns False after
+        a STOP request."""
         requests = self.end.requests
-        target, tag, pickle, message = requests.receive_message(deadline=None)
-        if target != TARGET_ALL and target != self.boot.rank:
-            if message is None:
-                requests.ring.consume()
-            else:
-                message.finish()
-            return True
+        rank = self.boot.rank
+        taken = requests.take(loads, rank)
+        while taken is None:
+            requests.ring.wait(deadline=None)
+            taken = requests.take(loads, rank)
+        if isinstance(taken, tuple):
+            request: Any = taken  # one record without tensors: the hot path
+            tag = NO_SEQ
+        else:
+            target, tag = peek_target(taken)
+            if target != TARGET_ALL and target != rank:
+                taken.finish()
+                return True
+            try:
+                request = decode(taken, self._claim_fds)
+            except MessageAbortedError:
+                return True
+            except Exception as error:
+                error.add_note("the request could not be unpickled in the rank")
+                self.reply(tag, ERROR, capture(error))
+                return True
         try:
-            if pickle is not None:
-                try:
-                    request = loads(pickle)  # one record, no tensors: the hot path
-                finally:
-                    requests.ring.consume()
-            else:
-                assert message is not None
-                request = decode(message, self._claim_fds)
             seq, kind, name, args, kwargs = request
-        except MessageAbortedError:
-            return True
-        except Exception as error:
-            error.add_note("the request could not be unpickled in the rank")
-            self.reply(tag, ERROR, capture(error))
+        except (TypeError, ValueError) as error:
+            self.reply(tag, ERROR, capture(ValueError(f"a malformed request: {error}")))
             return True
         if kind == STOP:
             self.reply(seq, STOPPED, None)

@@ -36,7 +36,7 @@ from ..errors import (
     ChannelClosedError,
     GroupClosedError,
 )
-from ..transport.codec import decode
+from ..transport.codec import TARGET_ALL, decode, peek_target
 from ..transport.mailbox import CallerEnd
 from ..transport.ring import RingReader, spin_any
 from ..transport.stream import MessageAbortedError, MessageReader
@@ -279,30 +279,31 @@ class ReplyRouter:
         progressed = False
         while True:
             try:
-                polled = reader.poll_message()
+                taken = reader.take(loads, TARGET_ALL)
             except (ChannelBrokenError, ChannelClosedError):
                 return progressed
-            if polled is None:
+            if taken is None:
                 return progressed
             progressed = True
-            _, tag, pickle, message = polled
+            if isinstance(taken, tuple):
+                reply: Any = taken  # one record without tensors: the hot path
+                tag = NO_SEQ
+            else:
+                _, tag = peek_target(taken)
+                try:
+                    reply = decode(taken, partial(self._claim_fds, rank))
+                except MessageAbortedError:
+                    continue
+                except (ChannelBrokenError, ChannelClosedError):
+                    return progressed
+                except Exception as error:
+                    note = f"the reply from {self._describe(rank)} could not be unpickled here"
+                    error.add_note(note)
+                    reply = (tag, ERROR, error)
             try:
-                if pickle is not None:
-                    try:
-                        reply = loads(pickle)  # one record, no tensors: the hot path
-                    finally:
-                        reader.ring.consume()
-                else:
-                    assert message is not None
-                    reply = decode(message, partial(self._claim_fds, rank))
                 seq, kind, value = reply
-            except MessageAbortedError:
-                continue
-            except (ChannelBrokenError, ChannelClosedError):
-                return progressed
-            except Exception as error:
-                error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
-                seq, kind, value = tag, ERROR, error
+            except (TypeError, ValueError) as error:
+                seq, kind, value = tag, ERROR, ValueError(f"a malformed reply: {error}")
             self._dispatch(rank, seq, kind, value)
 
     def _dispatch(self, rank: int, seq: int, kind: int, value: Any) -> None:

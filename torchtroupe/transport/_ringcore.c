@@ -771,15 +771,77 @@ static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ig
     return Py_BuildValue("(NLLN)", record, (long long)prelude[0], (long long)prelude[1], pickle);
 }
 
-static PyObject *reader_consume_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
-    if (reader_check(self) < 0) {
-        return NULL;
-    }
+static void reader_release(ReaderCore *self) {
     self->cursor += self->pending;
     self->pending = 0;
     store_release(self->cursor_word, self->cursor);
     full_fence();
     notify(self->ring.writer_bell);
+}
+
+/* take(loads, rank) -> None | tuple | memoryview: the hot path of a reader that
+ * decodes messages (codec.py). Skips one-record messages without tensors that are
+ * addressed to neither `rank` nor every rank (-1); returns the next one that is,
+ * unpickled with `loads` (a tuple) and consumed. Any other record (a message with
+ * tensors or fragments, an ABORT, a pickle that loads() refused or that is not a
+ * tuple) comes back as poll() would return it, still to consume: decode it the
+ * general way. None: nothing is published. */
+static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(loads, rank) takes 2 arguments");
+        return NULL;
+    }
+    long long rank = PyLong_AsLongLong(args[1]);
+    if (rank == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (;;) {
+        uint64_t length;
+        char *payload = reader_next(self, &length);
+        if (payload == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        uint64_t prelude[PRELUDE_WORDS];
+        int plain = self->kind == KIND_DATA && !self->more && length >= PRELUDE_BYTES;
+        if (plain) {
+            memcpy(prelude, payload, PRELUDE_BYTES);
+            plain = prelude[2] == 0 && prelude[3] == 0 && prelude[4] <= length - PRELUDE_BYTES;
+        }
+        if (!plain) {
+            return PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
+        }
+        long long target = (long long)prelude[0];
+        if (target != -1 && target != rank) {
+            reader_release(self);
+            continue;
+        }
+        PyObject *pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES,
+                                                   (Py_ssize_t)prelude[4], PyBUF_READ);
+        if (pickle == NULL) {
+            return NULL;
+        }
+        PyObject *value = PyObject_CallOneArg(args[0], pickle);
+        Py_DECREF(pickle);
+        if (value == NULL || !PyTuple_CheckExact(value)) {
+            /* Leave the record to the general path, which reports the error with the
+             * message's tag. */
+            Py_XDECREF(value);
+            PyErr_Clear();
+            return PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
+        }
+        reader_release(self);
+        return value;
+    }
+}
+
+static PyObject *reader_consume_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (reader_check(self) < 0) {
+        return NULL;
+    }
+    reader_release(self);
     Py_RETURN_NONE;
 }
 
@@ -845,6 +907,10 @@ static PyMethodDef reader_methods[] = {
     {"poll_message", (PyCFunction)reader_poll_message_py, METH_NOARGS,
      "poll_message() -> None | (record, target, tag, pickle): poll() with the message's "
      "prelude read (pickle: the pickle bytes of a one-record message without tensors)."},
+    {"take", (PyCFunction)(void (*)(void))reader_take_py, METH_FASTCALL,
+     "take(loads, rank) -> None | tuple | memoryview: the next one-record message "
+     "without tensors for rank (or for all), unpickled and consumed; any other record "
+     "as poll() returns it."},
     {"consume", (PyCFunction)reader_consume_py, METH_NOARGS,
      "consume(): releases the record returned by poll() to the writer."},
     {"has_data", (PyCFunction)reader_has_data_py, METH_NOARGS,

@@ -1,7 +1,7 @@
 # Type stub of the compiled ring core (_ringcore.c). Its Python twin, _ringcore_py.py,
 # has the same classes and methods, documented there.
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 class _Region(Protocol):
     address: int
@@ -31,6 +31,9 @@ class ReaderCore:
     def poll_message(
         self,
     ) -> tuple[memoryview, int | None, int | None, memoryview | None] | None: ...
+    def take(
+        self, loads: Callable[[memoryview], Any], rank: int
+    ) -> tuple[Any, ...] | memoryview | None: ...
     def consume(self) -> None: ...
     def spin(self, seconds: float) -> bool: ...
     def detach(self) -> None: ...

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from .fence import STORES_ARE_ORDERED, full_fence
 from .futex import futex_wake
@@ -280,6 +280,36 @@ class ReaderCore:
         if complete and not n_storages and not n_fds:
             pickle = record[_PRELUDE.size : _PRELUDE.size + pickle_len]
         return record, target, tag, pickle
+
+    def take(
+        self, loads: Callable[[memoryview], Any], rank: int
+    ) -> tuple[Any, ...] | memoryview | None:
+        """The hot path of a reader that decodes messages (``codec.py``).
+
+        Skips one-record messages without tensors addressed to neither ``rank`` nor
+        every rank (-1), and returns the next one that is, unpickled with ``loads``
+        (a tuple) and consumed. Any other record (tensors, fragments, ABORT, a pickle
+        ``loads`` refused or that is not a tuple) is returned as :meth:`poll` returns
+        it, still to consume. None: nothing is published.
+        """
+        while True:
+            polled = self.poll_message()
+            if polled is None:
+                return None
+            record, target, _, pickle = polled
+            if pickle is None:
+                return record
+            if target != -1 and target != rank:
+                self.consume()
+                continue
+            try:
+                value = loads(pickle)
+            except Exception:
+                return record  # the general path reports it, with the message's tag
+            if type(value) is not tuple:
+                return record
+            self.consume()
+            return value
 
     def consume(self) -> None:
         """Releases the record returned by :meth:`poll` to the writer."""

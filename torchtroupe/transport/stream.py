@@ -13,6 +13,7 @@ fragment drops the partial message (:class:`MessageAbortedError`) and carries on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .ring import ABORT, RingReader, RingWriter
 
@@ -235,44 +236,38 @@ class MessageReader:
             return False
         return True
 
-    def poll_message(
-        self, *, deadline: float | None = None, alive: Alive = None
-    ) -> tuple[int, int, memoryview | None, IncomingMessage | None] | None:
-        """The next message, if its first record has arrived, with its prelude read
-        (the codec's wire format, ``codec.py``): the hot path of calls and replies.
+    def take(
+        self,
+        loads: Callable[[memoryview], Any],
+        rank: int,
+        *,
+        deadline: float | None = None,
+        alive: Alive = None,
+    ) -> tuple[Any, ...] | IncomingMessage | None:
+        """The next message for ``rank`` (or for every rank), if it has arrived: the hot
+        path of calls and replies, for messages in the codec's format (``codec.py``).
+
+        A message that is one record without tensors is unpickled with ``loads`` and
+        released here, and one addressed to another rank is skipped, both inside the
+        ring core. Any other message comes back as an :class:`IncomingMessage` to
+        decode (or to :meth:`~IncomingMessage.finish` if it is for another rank).
 
         Returns:
-            None, or ``(target, tag, pickle, message)``. When ``pickle`` is not None
-            the message is that one record without tensors: unpickle ``pickle``, then
-            call ``ring.consume()``. Otherwise ``message`` is the message to decode.
+            The unpickled tuple, an IncomingMessage, or None if nothing arrived.
         """
+        ring = self.ring
         while True:
-            polled = self.ring.poll_message()
-            if polled is None:
-                return None
-            if not self._starts_a_message():
+            if self.resync:  # finish skipping an abandoned message, record by record
+                if ring.poll() is None:
+                    return None
+                self._skip_continuation()
                 continue
-            record, target, tag, pickle = polled
-            if target is None or tag is None:
-                raise ValueError("a record too short to start a codec message")
-            if pickle is not None:
-                return target, tag, pickle, None
-            return target, tag, None, IncomingMessage(self, record, deadline, alive)
-
-    def receive_message(
-        self, *, deadline: float | None, alive: Alive = None
-    ) -> tuple[int, int, memoryview | None, IncomingMessage | None]:
-        """Waits for the next message; see :meth:`poll_message`.
-
-        Raises:
-            TimeoutError: Nothing arrived before the deadline.
-            ChannelClosedError, ChannelBrokenError: From the ring.
-        """
-        while True:
-            polled = self.poll_message(deadline=deadline, alive=alive)
-            if polled is not None:
-                return polled
-            self.ring.wait(deadline=deadline, alive=alive)
+            taken = ring.take(loads, rank)
+            if taken is None or type(taken) is tuple:
+                return taken
+            assert isinstance(taken, memoryview)
+            if self._starts_a_message():
+                return IncomingMessage(self, taken, deadline, alive)
 
     def receive(self, *, deadline: float | None, alive: Alive = None) -> IncomingMessage:
         """Waits for the next message; call :meth:`IncomingMessage.finish` when done.
