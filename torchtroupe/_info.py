@@ -13,7 +13,9 @@ import torch.multiprocessing
 
 from . import __version__
 from ._settings import SETTINGS
+from .transport.core import IMPLEMENTATION
 from .transport.fence import STORES_ARE_ORDERED
+from .transport.waiting import AUTOMATIC_SPIN_US, usable_cores
 
 
 def describe() -> list[tuple[str, str]]:
@@ -38,9 +40,19 @@ def describe() -> list[tuple[str, str]]:
         ("sharing strategy", torch.multiprocessing.get_sharing_strategy()),  # type: ignore[no-untyped-call]
         ("/dev/shm", shm_text),
         ("open file limit", f"{soft} (hard {hard})"),
-        ("spin before parking", f"{SETTINGS.spin_us:g} µs (TORCHTROUPE_SPIN_US)"),
+        ("ring core", f"{IMPLEMENTATION} (TORCHTROUPE_NATIVE)"),
+        ("spin before parking", _spin_text()),
         ("ring size", f"{SETTINGS.ring_bytes} bytes (TORCHTROUPE_RING_BYTES)"),
     ]
+
+
+def _spin_text() -> str:
+    if SETTINGS.spin_us is not None:
+        return f"{SETTINGS.spin_us:g} µs (TORCHTROUPE_SPIN_US)"
+    return (
+        f"{AUTOMATIC_SPIN_US:g} µs while a group's ranks and caller fit on the "
+        f"{usable_cores()} usable cores, else none (TORCHTROUPE_SPIN_US unset)"
+    )
 
 
 def print_info() -> None:

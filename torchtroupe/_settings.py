@@ -41,7 +41,8 @@ class Settings:
     """Tunables read from the environment once per process.
 
     Attributes:
-        spin_us: How long a waiter spins before it parks (``TORCHTROUPE_SPIN_US``).
+        spin_us: How long a waiter spins before it parks (``TORCHTROUPE_SPIN_US``);
+            None (unset) picks it per group, see ``waiting.spin_window_s``.
         park_slice_s: The longest a parked waiter sleeps before it rechecks its
             peer's liveness and its deadline (``TORCHTROUPE_PARK_SLICE_S``).
         ring_bytes: Data capacity of each ring in a mailbox (``TORCHTROUPE_RING_BYTES``).
@@ -50,7 +51,7 @@ class Settings:
             core, for debugging or comparison).
     """
 
-    spin_us: float
+    spin_us: float | None
     park_slice_s: float
     ring_bytes: int
     native: bool
@@ -60,7 +61,11 @@ def load_settings() -> Settings:
     """Reads the ``TORCHTROUPE_*`` variables, falling back to the defaults."""
     ring_bytes = int(_float_from_env("TORCHTROUPE_RING_BYTES", float(4 << 20)))
     return Settings(
-        spin_us=_float_from_env("TORCHTROUPE_SPIN_US", 50.0),
+        spin_us=(
+            _float_from_env("TORCHTROUPE_SPIN_US", 0.0)
+            if os.environ.get("TORCHTROUPE_SPIN_US", "") != ""
+            else None
+        ),
         park_slice_s=_float_from_env("TORCHTROUPE_PARK_SLICE_S", 0.05),
         ring_bytes=ring_bytes,
         native=_flag_from_env("TORCHTROUPE_NATIVE", default=True),

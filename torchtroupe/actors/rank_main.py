@@ -43,7 +43,7 @@ from ..transport.codec import (
 from ..transport.fdpass import FdChannel
 from ..transport.mailbox import MailboxLayout, RankEnd
 from ..transport.stream import MessageAbortedError
-from ..transport.waiting import WaitStrategy
+from ..transport.waiting import WaitStrategy, spin_window_s
 from .actor import Actor, fatal_hook
 from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED
 
@@ -115,7 +115,8 @@ class RankRuntime:
     def __init__(self, boot: RankBoot, fds: FdChannel) -> None:
         self.boot = boot
         # A rank's liveness check is its death-pipe thread, so parked waits can be long.
-        self.end = RankEnd(boot.layout, boot.rank, WaitStrategy(park_slice_s=_PARK_SLICE_S))
+        strategy = WaitStrategy(spin_s=spin_window_s(boot.world_size), park_slice_s=_PARK_SLICE_S)
+        self.end = RankEnd(boot.layout, boot.rank, strategy)
         self.fds = fds
         self.encoder = Encoder(share_fds=True)
         self.actor: Any = None

@@ -238,7 +238,13 @@ class ReplyRouter:
             return True
         slice_end = time.monotonic() + _SLICE_S
         until = slice_end if deadline is None else min(deadline, slice_end)
-        wait_until(self._has_work, self._end.reply_bell, deadline=until, spin=self._spin)
+        wait_until(
+            self._has_work,
+            self._end.reply_bell,
+            deadline=until,
+            strategy=self._end.strategy,
+            spin=self._spin,
+        )
         self._drain()
         return deadline is None or time.monotonic() < deadline
 

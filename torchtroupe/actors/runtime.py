@@ -38,6 +38,7 @@ from ..supervision.signals import handlers_installed, stopping_on_sigterm
 from ..transport.codec import TARGET_ALL, Encoder, dumps_by_value
 from ..transport.mailbox import CallerEnd, MailboxLayout
 from ..transport.ring import BROKEN, detach_reader
+from ..transport.waiting import WaitStrategy, spin_window_s
 from .messages import STOP, Reply, Request
 from .process import RankProcess, launch, start_context, stop
 from .rank_main import RankBoot
@@ -89,7 +90,7 @@ class GroupRuntime:
         self._payload = dumps_by_value((actor_class, args, kwargs))
         self._context = start_context(options.start_method, options.preload)
         self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
-        self.end = CallerEnd(self.layout)
+        self.end = CallerEnd(self.layout, WaitStrategy(spin_s=spin_window_s(self.world_size)))
         self.router = ReplyRouter(self.end, self.describe, self._on_control, self._claim_fds)
         self.send_lock = threading.Lock()
         self.encoder = Encoder(share_fds=True)

@@ -312,11 +312,10 @@ class Encoder:
                 has been written anywhere.
         """
         message = self.encode_compact(obj, target, tag)
-        if type(message) is bytes:
-            prelude = _FIXED.pack(target, tag, 0, 0, len(message))
-            return EncodedMessage([prelude, message], len(prelude) + len(message), (), ())
-        assert isinstance(message, EncodedMessage)
-        return message
+        if isinstance(message, EncodedMessage):
+            return message
+        prelude = _FIXED.pack(target, tag, 0, 0, len(message))
+        return EncodedMessage([prelude, message], len(prelude) + len(message), (), ())
 
     def encode_compact(
         self, obj: Any, target: int = TARGET_ALL, tag: int = 0
@@ -402,16 +401,14 @@ def send_encoded(
         TimeoutError, ChannelClosedError, ChannelBrokenError: As for
             :meth:`MessageWriter.send`.
     """
-    if type(message) is bytes:
-        if not writer.abort_pending and writer.ring.send_message(target, tag, message, wake):
-            return  # one record, room now: the whole message in one C call
-        prelude = _FIXED.pack(target, tag, 0, 0, len(message))
-        chunks = [prelude, message]
-        nbytes = len(prelude) + len(message)
-        writer.send(chunks, nbytes, deadline=deadline, alive=alive, wake=wake)
+    if isinstance(message, EncodedMessage):
+        writer.send(message.chunks, message.nbytes, deadline=deadline, alive=alive, wake=wake)
         return
-    assert isinstance(message, EncodedMessage)
-    writer.send(message.chunks, message.nbytes, deadline=deadline, alive=alive, wake=wake)
+    if not writer.abort_pending and writer.ring.send_message(target, tag, message, wake):
+        return  # one record, room now: the whole message in one call of the ring core
+    prelude = _FIXED.pack(target, tag, 0, 0, len(message))
+    chunks = [prelude, message]
+    writer.send(chunks, len(prelude) + len(message), deadline=deadline, alive=alive, wake=wake)
 
 
 FdSource = Callable[[int, int], list[int]]

@@ -119,19 +119,27 @@ class MailboxLayout:
 
 
 class CallerEnd:
-    """The caller's side of a mailbox: the request writer and every reply reader."""
+    """The caller's side of a mailbox: the request writer and every reply reader.
 
-    def __init__(self, layout: MailboxLayout) -> None:
+    Args:
+        layout: The group's mailbox.
+        strategy: How the caller waits for replies and for request room.
+    """
+
+    def __init__(self, layout: MailboxLayout, strategy: WaitStrategy = DEFAULT_STRATEGY) -> None:
         self.layout = layout
-        self.requests = MessageWriter(RingWriter(layout.request_ring()))
+        self.strategy = strategy
+        self.requests = MessageWriter(RingWriter(layout.request_ring(), strategy))
         self.replies = [
-            MessageReader(RingReader(layout.reply_ring(r), 0)) for r in range(layout.world_size)
+            MessageReader(RingReader(layout.reply_ring(r), 0, strategy))
+            for r in range(layout.world_size)
         ]
         self.reply_bell = layout.caller_reply_bell()
 
     def reopen_reply(self, rank: int) -> None:
         """Re-reads rank ``rank``'s reply cursor after :meth:`MailboxLayout.reset_rank`."""
-        self.replies[rank] = MessageReader(RingReader(self.layout.reply_ring(rank), 0))
+        reader = RingReader(self.layout.reply_ring(rank), 0, self.strategy)
+        self.replies[rank] = MessageReader(reader)
 
 
 class RankEnd:

@@ -263,9 +263,8 @@ class MessageReader:
                 self._skip_continuation()
                 continue
             taken = ring.take(loads, rank)
-            if taken is None or type(taken) is tuple:
+            if taken is None or isinstance(taken, tuple):
                 return taken
-            assert isinstance(taken, memoryview)
             if self._starts_a_message():
                 return IncomingMessage(self, taken, deadline, alive)
 

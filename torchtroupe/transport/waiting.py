@@ -8,6 +8,7 @@ nobody interrupts the doorbell (monitors normally do, at once).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,35 @@ from dataclasses import dataclass
 from .._settings import SETTINGS
 from ..errors import ChannelBrokenError
 from .doorbell import Doorbell
+
+AUTOMATIC_SPIN_US = 50.0
+"""The spin window when ``TORCHTROUPE_SPIN_US`` is unset and every spinner has a core."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's size)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def spin_window_s(world_size: int) -> float:
+    """How long the waiters of a group of ``world_size`` ranks spin before parking.
+
+    Spinning answers a busy peer in well under a microsecond, but only while every
+    spinner has a core of its own: a group's caller and its ranks may all spin at
+    once, and where they outnumber the cores a spinning waiter takes the CPU that the
+    peer it waits for needs, so each message costs a scheduler time slice instead.
+    So the window is ``AUTOMATIC_SPIN_US`` when ``world_size + 1`` processes fit on
+    the usable cores, and 0 (park at once, woken by a futex) when they do not.
+    ``TORCHTROUPE_SPIN_US``, when set, is used as it is.
+    """
+    if SETTINGS.spin_us is not None:
+        return SETTINGS.spin_us * 1e-6
+    if world_size + 1 > usable_cores():
+        return 0.0
+    return AUTOMATIC_SPIN_US * 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +58,7 @@ class WaitStrategy:
         park_slice_s: Longest single sleep before rechecking liveness.
     """
 
-    spin_s: float = SETTINGS.spin_us * 1e-6
+    spin_s: float = spin_window_s(1)
     park_slice_s: float = SETTINGS.park_slice_s
 
 
