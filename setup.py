@@ -1,4 +1,9 @@
-"""Builds the compiled ring core; everything else is declared in setup.cfg."""
+"""Builds the compiled ring core; everything else is declared in setup.cfg.
+
+The extension is optional: without a C compiler and Python's headers the install
+still succeeds, and torchtroupe runs on its pure-Python ring core, several times
+slower per message (``python -m torchtroupe info`` says which core runs).
+"""
 
 from setuptools import Extension, setup
 
@@ -8,6 +13,7 @@ setup(
             "torchtroupe.transport._ringcore",
             sources=["torchtroupe/transport/_ringcore.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+            optional=True,
         )
     ]
 )

@@ -71,3 +71,12 @@ def test_a_malformed_native_flag_says_what_to_do(monkeypatch: pytest.MonkeyPatch
 
 def test_usable_cores_counts_this_process_affinity() -> None:
     assert 1 <= waiting.usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_the_compiled_ring_core_is_built_and_used() -> None:
+    # The suite runs on the compiled core wherever it can be built (the Makefile's
+    # install builds it); TORCHTROUPE_NATIVE=0 asks for the Python core on purpose.
+    from torchtroupe.transport.core import IMPLEMENTATION
+
+    expected = "native" if _settings.SETTINGS.native else "python"
+    assert IMPLEMENTATION == expected, "the C ring core did not build: see pip's output"
