@@ -341,3 +341,33 @@ def spin_any(readers: tuple[ReaderCore, ...], seconds: float) -> bool:
                 return True
         if time.perf_counter() >= end:
             return False
+
+
+_PLAIN_ATOMS = (type(None), bool, int, float, str, bytes)
+_PLAIN_MAX_DEPTH = 8
+
+
+def is_plain(obj: object, budget: int) -> bool:
+    """Whether ``obj`` is built only of None, bool, int, float, str, bytes and exact
+    tuples, lists and dicts of them: values every pickler writes the same way, without
+    consulting ``reducer_override`` (the codec's fast path). False past ``budget``
+    objects or eight levels of nesting."""
+    remaining = [budget]
+
+    def walk(item: object, depth: int) -> bool:
+        remaining[0] -= 1
+        if remaining[0] < 0 or depth > _PLAIN_MAX_DEPTH:
+            return False
+        kind = type(item)
+        if kind in _PLAIN_ATOMS:
+            return True
+        if kind is tuple or kind is list:
+            return all(walk(element, depth + 1) for element in item)  # type: ignore[attr-defined]
+        if kind is dict:
+            return all(
+                walk(key, depth + 1) and walk(value, depth + 1)
+                for key, value in item.items()  # type: ignore[attr-defined]
+            )
+        return False
+
+    return walk(obj, 0)
