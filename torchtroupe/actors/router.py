@@ -260,13 +260,7 @@ class ReplyRouter:
         )
 
     def _has_work(self) -> bool:
-        if self._deaths or self._closed:
-            return True
-        replies = self._end.replies
-        for rank, readable in enumerate(self._readable):
-            if readable and replies[rank].ring.has_data():
-                return True
-        return False
+        return bool(self._deaths) or self._closed or spin_any(self._spin_readers, 0.0)
 
     # -- draining -------------------------------------------------------------------
 

@@ -860,22 +860,18 @@ static int parse_seconds(PyObject *arg, double *seconds) {
     return 0;
 }
 
-/* Spins (GIL held) until one of n readers has data or `seconds` pass. */
+/* Spins (GIL held) until one of n readers has data or `seconds` pass; with
+ * seconds <= 0 it looks once. */
 static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) {
-    double end = -1.0;
+    double end = monotonic_s() + seconds;
     for (unsigned long spins = 0;; spins++) {
         for (Py_ssize_t i = 0; i < n; i++) {
             if (reader_has_data(readers[i])) {
                 return 1;
             }
         }
-        if (spins % SPIN_CHECK_EVERY == 0) {
-            double now = monotonic_s();
-            if (end < 0) {
-                end = now + seconds;
-            } else if (now >= end) {
-                return 0;
-            }
+        if (spins % SPIN_CHECK_EVERY == 0 && monotonic_s() >= end) {
+            return 0;
         }
         cpu_relax();
     }
