@@ -120,7 +120,8 @@ class ReplyRouter:
         self._changed = threading.Condition(threading.Lock())
         self._pending: dict[int, CallSlot] = {}
         self._readable = [False] * end.layout.world_size
-        self._spin_readers: tuple[RingReader, ...] = ()  # reply rings of readable ranks
+        self._drain_set: tuple[tuple[int, MessageReader], ...] = ()  # readable ranks
+        self._spin_readers: tuple[RingReader, ...] = ()  # their reply rings
         self._deaths: list[tuple[int, Callable[[], ActorDiedError], threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
@@ -255,9 +256,10 @@ class ReplyRouter:
     def _update_spin_readers(self) -> None:
         """Call with ``_lock`` held whenever ``_readable`` or a reply reader changes."""
         replies = self._end.replies
-        self._spin_readers = tuple(
-            replies[rank].ring for rank, readable in enumerate(self._readable) if readable
+        self._drain_set = tuple(
+            (rank, replies[rank]) for rank, readable in enumerate(self._readable) if readable
         )
+        self._spin_readers = tuple(reader.ring for _, reader in self._drain_set)
 
     def _has_work(self) -> bool:
         return bool(self._deaths) or self._closed or spin_any(self._spin_readers, 0.0)
@@ -266,10 +268,10 @@ class ReplyRouter:
 
     def _drain(self) -> bool:
         progressed = False
-        replies = self._end.replies
-        for rank, readable in enumerate(self._readable):
-            if readable:
-                progressed |= self._drain_rank(rank, replies[rank])
+        for rank, reader in self._drain_set:
+            # One C call per ring that has nothing (most of them, in a broadcast).
+            if reader.ring.has_data():
+                progressed |= self._drain_rank(rank, reader)
         if self._deaths:
             self._process_deaths()
             progressed = True
