@@ -18,6 +18,10 @@
  * doorbell, on both architectures.
  */
 
+#ifndef __linux__
+#error "torchtroupe's ring core needs Linux futexes"
+#endif
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -30,6 +34,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "the prelude is little-endian and the futex watches the bell word's low half");
 
 #define RING_MAGIC 0x74726F7570650001ULL
 #define CACHE_LINE 64
@@ -100,7 +107,7 @@ static void futex_wake_all(uint64_t *bell) {
 /* Rings a doorbell if its waiter announced that it parks (see doorbell.py). Call
  * after publishing and a full fence. */
 static inline void notify(uint64_t *bell) {
-    if (load_relaxed(bell) != BELL_AWAKE) {
+    if (bell != NULL && load_relaxed(bell) != BELL_AWAKE) {
         store_relaxed(bell, BELL_AWAKE);
         futex_wake_all(bell);
     }
@@ -121,6 +128,7 @@ static PyObject *state_error(uint64_t state, const char *who) {
 
 typedef struct {
     char *region;      /* the region's first byte: doorbell offsets count from here */
+    uint64_t region_bytes;
     char *base;        /* the ring's first byte (its magic word) */
     char *data;        /* the first data byte */
     uint64_t capacity; /* data bytes, a power of two */
@@ -142,8 +150,18 @@ static int read_header(RingHeader *ring, PyObject *region_object, unsigned long 
     if (address == (unsigned long long)-1 && PyErr_Occurred()) {
         return -1;
     }
+    PyObject *size_object = PyObject_GetAttrString(region_object, "nbytes");
+    if (size_object == NULL) {
+        return -1;
+    }
+    unsigned long long region_bytes = PyLong_AsUnsignedLongLong(size_object);
+    Py_DECREF(size_object);
+    if (region_bytes == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
     char *region = (char *)(uintptr_t)address;
-    if (region == NULL || offset % CACHE_LINE) {
+    if (region == NULL || offset % CACHE_LINE || offset > region_bytes ||
+        region_bytes - offset < FIRST_READER_LINE * CACHE_LINE) {
         PyErr_Format(PyExc_ValueError, "no ring at offset %llu of this region", offset);
         return -1;
     }
@@ -152,18 +170,31 @@ static int read_header(RingHeader *ring, PyObject *region_object, unsigned long 
         PyErr_Format(PyExc_ValueError, "no ring at offset %llu of this region", offset);
         return -1;
     }
-    ring->region = region;
-    ring->base = region + offset;
-    ring->capacity = words[1];
-    ring->n_readers = words[2];
-    ring->writer_bell = word_at(region, words[3]);
-    ring->write_cursor = &words[CACHE_LINE / 8];
-    ring->state = &words[2 * CACHE_LINE / 8];
-    ring->data = ring->base + (FIRST_READER_LINE + ring->n_readers) * CACHE_LINE;
-    if (ring->capacity < 4096 || (ring->capacity & (ring->capacity - 1)) || ring->n_readers < 1) {
+    uint64_t room = region_bytes - offset; /* bytes from the ring's first byte to the region's end */
+    uint64_t capacity = words[1], n_readers = words[2], writer_bell = words[3];
+    if (capacity < 4096 || capacity > (1ULL << 34) || (capacity & (capacity - 1)) ||
+        n_readers < 1 || n_readers > room / CACHE_LINE ||
+        (FIRST_READER_LINE + n_readers) * CACHE_LINE > room - capacity || capacity > room ||
+        writer_bell % 8 || writer_bell > region_bytes - 8) {
         PyErr_SetString(PyExc_ValueError, "the ring's header is corrupt");
         return -1;
     }
+    for (uint64_t r = 0; r < n_readers; r++) {
+        uint64_t bell = words[(FIRST_READER_LINE + r) * (CACHE_LINE / 8) + 2];
+        if (bell % 8 || bell > region_bytes - 8) {
+            PyErr_SetString(PyExc_ValueError, "the ring's header is corrupt");
+            return -1;
+        }
+    }
+    ring->region = region;
+    ring->region_bytes = region_bytes;
+    ring->base = region + offset;
+    ring->capacity = capacity;
+    ring->n_readers = n_readers;
+    ring->writer_bell = word_at(region, writer_bell);
+    ring->write_cursor = &words[CACHE_LINE / 8];
+    ring->state = &words[2 * CACHE_LINE / 8];
+    ring->data = ring->base + (FIRST_READER_LINE + n_readers) * CACHE_LINE;
     return 0;
 }
 
@@ -229,20 +260,24 @@ typedef struct {
     uint64_t cursor;      /* bytes written so far (our copy of the write cursor) */
     uint64_t known_floor; /* the slowest live reader's cursor, as last read */
     int64_t reserved;     /* data position of the reserved record, or -1 */
+    uint64_t reserved_bytes;  /* payload bytes reserved */
+    uint64_t cursor_before;   /* cursor before a PAD written by the reservation */
     int ready;
 } WriterCore;
 
 static int writer_init(WriterCore *self, PyObject *args, PyObject *kwargs) {
-    PyObject *region;
-    unsigned long long offset;
+    PyObject *region, *offset_object;
+    uint64_t offset;
+    RingHeader ring;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
         PyErr_SetString(PyExc_TypeError, "WriterCore(region, offset) takes no keywords");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OK", &region, &offset) ||
-        read_header(&self->ring, region, offset) < 0) {
+    if (!PyArg_ParseTuple(args, "OO", &region, &offset_object) ||
+        as_u64(offset_object, &offset) < 0 || read_header(&ring, region, offset) < 0) {
         return -1;
     }
+    self->ring = ring;
     self->mask = self->ring.capacity - 1;
     self->max_payload = self->ring.capacity / 4 - HEADER_BYTES;
     self->cursor = load_acquire(self->ring.write_cursor);
@@ -284,6 +319,10 @@ static uint64_t writer_needed_floor(WriterCore *self, uint64_t nbytes) {
     return self->cursor + needed - self->ring.capacity;
 }
 
+/* The memory stays the region's: a core keeps no reference to it (nor does the
+ * Python core), so whoever releases a region must first stop every core on it, as
+ * the group runtime does (it closes the router before releasing the mailbox). */
+
 /* Reserves a record of nbytes if there is room and the ring is open. Returns the
  * payload's address, or NULL with no exception set when there is no room or the
  * ring is not open (the caller decides), or NULL with an exception. */
@@ -308,6 +347,8 @@ static char *writer_try_reserve(WriterCore *self, uint64_t nbytes) {
     uint64_t size = HEADER_BYTES + padded(nbytes);
     uint64_t position = self->cursor & self->mask;
     uint64_t tail = self->ring.capacity - position;
+    self->cursor_before = self->cursor;
+    self->reserved_bytes = nbytes;
     if (size > tail) {
         store_relaxed(word_at(self->ring.data, position),
                       (tail - HEADER_BYTES) | ((uint64_t)KIND_PAD << 32));
@@ -320,7 +361,8 @@ static char *writer_try_reserve(WriterCore *self, uint64_t nbytes) {
 
 /* Reader r's doorbell word. */
 static inline uint64_t *reader_bell(const RingHeader *ring, uint64_t reader) {
-    return word_at(ring->region, load_relaxed(&reader_line(ring, reader)[2]));
+    uint64_t offset = load_relaxed(&reader_line(ring, reader)[2]);
+    return offset % 8 || offset > ring->region_bytes - 8 ? NULL : word_at(ring->region, offset);
 }
 
 /* Publishes the reserved record and wakes its reader (wake >= 0) or every reader
@@ -400,10 +442,16 @@ static PyObject *writer_commit_py(WriterCore *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_RuntimeError, "commit() without reserve()");
         return NULL;
     }
-    if (nbytes > self->max_payload || check_wake(self, wake) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "commit() of more bytes than were reserved");
-        }
+    if (nbytes > self->reserved_bytes) {
+        PyErr_Format(PyExc_ValueError, "commit() of %llu bytes, but reserve() was for %llu",
+                     (unsigned long long)nbytes, (unsigned long long)self->reserved_bytes);
+        return NULL;
+    }
+    if (kind == 0 || kind == KIND_PAD || kind > 0xFF) {
+        PyErr_Format(PyExc_ValueError, "commit() of a record of kind %llu", (unsigned long long)kind);
+        return NULL;
+    }
+    if (check_wake(self, wake) < 0) {
         return NULL;
     }
     writer_publish(self, nbytes, kind, more, wake);
@@ -526,6 +574,17 @@ done:
     return result;
 }
 
+static PyObject *writer_cancel_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
+    if (writer_check(self) < 0) {
+        return NULL;
+    }
+    if (self->reserved >= 0) { /* nothing was published: forget the reservation and its PAD */
+        self->reserved = -1;
+        self->cursor = self->cursor_before;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *writer_floor_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
     if (writer_check(self) < 0) {
         return NULL;
@@ -600,6 +659,8 @@ static PyMethodDef writer_methods[] = {
     {"send_message", (PyCFunction)(void (*)(void))writer_send_message_py, METH_FASTCALL,
      "send_message(target, tag, pickle, wake) -> bool: a message without tensors as one "
      "record now, or False (nothing written)."},
+    {"cancel", (PyCFunction)writer_cancel_py, METH_NOARGS,
+     "cancel(): forgets an uncommitted reservation (nothing is published)."},
     {"floor", (PyCFunction)writer_floor_py, METH_NOARGS,
      "floor() -> int: the slowest live reader's cursor."},
     {"needed_floor", (PyCFunction)writer_needed_floor_py, METH_O,
@@ -647,22 +708,24 @@ typedef struct {
 } ReaderCore;
 
 static int reader_init(ReaderCore *self, PyObject *args, PyObject *kwargs) {
-    PyObject *region;
-    unsigned long long offset;
+    PyObject *region, *offset_object;
+    uint64_t offset;
     long long reader;
+    RingHeader ring;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
         PyErr_SetString(PyExc_TypeError, "ReaderCore(region, offset, reader) takes no keywords");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OKL", &region, &offset, &reader) ||
-        read_header(&self->ring, region, offset) < 0) {
+    if (!PyArg_ParseTuple(args, "OOL", &region, &offset_object, &reader) ||
+        as_u64(offset_object, &offset) < 0 || read_header(&ring, region, offset) < 0) {
         return -1;
     }
-    if (reader < 0 || (uint64_t)reader >= self->ring.n_readers) {
+    if (reader < 0 || (uint64_t)reader >= ring.n_readers) {
         PyErr_Format(PyExc_ValueError, "reader %lld out of range for a ring of %llu readers",
-                     reader, (unsigned long long)self->ring.n_readers);
+                     reader, (unsigned long long)ring.n_readers);
         return -1;
     }
+    self->ring = ring;
     self->mask = self->ring.capacity - 1;
     self->cursor_word = reader_line(&self->ring, (uint64_t)reader);
     self->cursor = load_acquire(self->cursor_word);
@@ -710,6 +773,15 @@ static char *reader_next(ReaderCore *self, uint64_t *length_out) {
         uint64_t header = load_relaxed(word_at(self->ring.data, position));
         uint64_t length = header & LENGTH_MASK;
         int kind = (int)((header >> 32) & 0xFF);
+        uint64_t tail = self->ring.capacity - position;
+        if (published - self->cursor > self->ring.capacity ||
+            (kind == KIND_PAD ? length != tail - HEADER_BYTES
+                              : HEADER_BYTES + padded(length) > tail ||
+                                    HEADER_BYTES + padded(length) > published - self->cursor)) {
+            PyErr_SetString(broken_error ? broken_error : PyExc_RuntimeError,
+                            "the ring is corrupt (a record overruns it)");
+            return NULL;
+        }
         if (kind == KIND_PAD) {
             self->cursor += HEADER_BYTES + length;
             continue;
@@ -825,6 +897,9 @@ static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssiz
         }
         PyObject *value = PyObject_CallOneArg(args[0], pickle);
         Py_DECREF(pickle);
+        if (value == NULL && !PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL; /* KeyboardInterrupt, SystemExit: as the Python core, record pending */
+        }
         if (value == NULL || !PyTuple_CheckExact(value)) {
             /* Leave the record to the general path, which reports the error with the
              * message's tag. */
@@ -857,6 +932,10 @@ static int parse_seconds(PyObject *arg, double *seconds) {
     if (*seconds == -1.0 && PyErr_Occurred()) {
         return -1;
     }
+    if (!(*seconds >= 0.0)) { /* negative or NaN */
+        PyErr_Format(PyExc_ValueError, "spin seconds must be >= 0, not %R", arg);
+        return -1;
+    }
     return 0;
 }
 
@@ -870,8 +949,13 @@ static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) 
                 return 1;
             }
         }
-        if (spins % SPIN_CHECK_EVERY == 0 && monotonic_s() >= end) {
-            return 0;
+        if (spins % SPIN_CHECK_EVERY == 0) {
+            if (monotonic_s() >= end) {
+                return 0;
+            }
+            if (PyErr_CheckSignals() < 0) {
+                return -1;
+            }
         }
         cpu_relax();
     }
@@ -883,7 +967,8 @@ static PyObject *reader_spin_py(ReaderCore *self, PyObject *arg) {
         return NULL;
     }
     ReaderCore *readers[1] = {self};
-    return PyBool_FromLong(spin_until(readers, 1, seconds));
+    int found = spin_until(readers, 1, seconds);
+    return found < 0 ? NULL : PyBool_FromLong(found);
 }
 
 static PyObject *reader_detach_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
@@ -971,7 +1056,8 @@ static PyObject *module_spin_any(PyObject *Py_UNUSED(module), PyObject *const *a
         }
         readers[i] = (ReaderCore *)item;
     }
-    result = n ? PyBool_FromLong(spin_until(readers, n, seconds)) : Py_NewRef(Py_False);
+    int found = n ? spin_until(readers, n, seconds) : 0;
+    result = found < 0 ? NULL : PyBool_FromLong(found);
 done:
     if (readers != stack) {
         PyMem_Free(readers);

@@ -94,6 +94,8 @@ class WriterCore:
         self._cursor = int(self._words[ring.write_index])
         self._known_floor = self._cursor
         self._reserved = -1
+        self._reserved_bytes = 0
+        self._cursor_before = self._cursor
 
     @property
     def cursor(self) -> int:
@@ -130,8 +132,8 @@ class WriterCore:
 
     def try_reserve(self, nbytes: int) -> memoryview | None:
         """Room for one record's payload now, or None (no room, or not open)."""
-        if nbytes > self._max_payload:
-            raise ValueError(f"a record holds at most {self._max_payload} bytes, not {nbytes}")
+        if not 0 <= nbytes <= self._max_payload:
+            raise ValueError(f"a record holds 0 to {self._max_payload} bytes, not {nbytes}")
         if self._reserved >= 0:
             raise RuntimeError("reserve() again before commit()")
         limit = self.needed_floor(nbytes)
@@ -142,6 +144,8 @@ class WriterCore:
         size = _HEADER_BYTES + ((nbytes + 7) & ~7)
         position = self._cursor & self._mask
         tail = self._ring.capacity - position
+        self._cursor_before = self._cursor
+        self._reserved_bytes = nbytes
         if size > tail:
             self._words[(self._ring.data + position) // 8] = (tail - _HEADER_BYTES) | (_PAD << 32)
             self._cursor += tail
@@ -154,6 +158,12 @@ class WriterCore:
         """Publishes the reserved record; wakes reader ``wake`` (-1: every parked one)."""
         if self._reserved < 0:
             raise RuntimeError("commit() without reserve()")
+        if nbytes > self._reserved_bytes:
+            raise ValueError(
+                f"commit() of {nbytes} bytes, but reserve() was for {self._reserved_bytes}"
+            )
+        if kind in (0, _PAD) or not 0 < kind <= 0xFF:
+            raise ValueError(f"commit() of a record of kind {kind}")
         ring = self._ring
         if wake >= ring.n_readers:
             raise ValueError(f"wake={wake} names no reader of a ring of {ring.n_readers} readers")
@@ -172,9 +182,19 @@ class WriterCore:
         for reader in range(ring.n_readers):
             ring.notify(ring.reader_bell(reader))
 
+    def cancel(self) -> None:
+        """Forgets an uncommitted reservation (and its PAD): nothing was published."""
+        if self._reserved >= 0:
+            self._reserved = -1
+            self._cursor = self._cursor_before
+
     def send(self, chunks: Sequence[memoryview | bytes], nbytes: int, wake: int) -> bool:
         """Writes the message as one record now, or returns False having written nothing
         (no room, not open, or too big for one record)."""
+        if wake >= self._ring.n_readers:
+            raise ValueError(
+                f"wake={wake} names no reader of a ring of {self._ring.n_readers} readers"
+            )
         if nbytes > self._max_payload:
             return False
         total = sum(memoryview(chunk).nbytes for chunk in chunks)
@@ -315,6 +335,8 @@ class ReaderCore:
         """Releases the record returned by :meth:`poll` to the writer."""
         self._cursor += self._pending
         self._pending = 0
+        if not STORES_ARE_ORDERED:
+            full_fence()  # the payload's loads stay before the cursor store (aarch64)
         self._words[self._cursor_index] = self._cursor
         full_fence()
         self._ring.notify(self._ring.writer_bell)

@@ -64,10 +64,14 @@ def ring_footprint(capacity: int, n_readers: int) -> int:
     return (_FIRST_READER_LINE + n_readers) * CACHE_LINE + capacity
 
 
+MAX_CAPACITY = 1 << 34  # a record's length is 32 bits, and a record is at most a quarter
+
+
 def _check_capacity(capacity: int) -> None:
-    if capacity < 4096 or capacity & (capacity - 1):
+    if capacity < 4096 or capacity > MAX_CAPACITY or capacity & (capacity - 1):
         raise ValueError(
-            f"ring capacity must be a power of two of at least 4096 bytes, not {capacity}"
+            "ring capacity must be a power of two from 4096 bytes to 16 GiB, "
+            f"not {capacity}"
         )
 
 

@@ -71,13 +71,17 @@ class MessageWriter:
             if ring.send(chunks, nbytes, wake):  # the common case: room now, one record
                 return
             view = ring.reserve(nbytes, deadline=deadline, alive=alive)
-            position = 0
-            for chunk in chunks:
-                if type(chunk) is not bytes:
-                    chunk = memoryview(chunk).cast("B")
-                end = position + len(chunk)
-                view[position:end] = chunk
-                position = end
+            try:
+                position = 0
+                for chunk in chunks:
+                    if type(chunk) is not bytes:
+                        chunk = memoryview(chunk).cast("B")
+                    end = position + len(chunk)
+                    view[position:end] = chunk
+                    position = end
+            except BaseException:
+                ring.cancel()  # a chunk could not be read: nothing was published
+                raise
             ring.commit(nbytes, wake=wake)
             return
         self._send_fragments(chunks, nbytes, limit, deadline, alive, wake)
@@ -113,6 +117,7 @@ class MessageWriter:
                 ring.commit(size, more=remaining > 0, wake=wake)
                 started = True
         except BaseException:
+            ring.cancel()  # a fragment reserved but not published is forgotten
             if started:
                 self._abort_pending = True
             raise
