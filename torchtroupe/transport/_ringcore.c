@@ -239,9 +239,15 @@ static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
     return 0;
 }
 
+/* A size, offset or kind: an int from 0 to 2**64 - 1 (ValueError outside, as the
+ * Python core's range checks). */
 static int as_u64(PyObject *value, uint64_t *out) {
     unsigned long long v = PyLong_AsUnsignedLongLong(value);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%R is out of range (0 to 2**64 - 1)", value);
+        }
         return -1;
     }
     *out = v;
@@ -708,26 +714,35 @@ typedef struct {
 } ReaderCore;
 
 static int reader_init(ReaderCore *self, PyObject *args, PyObject *kwargs) {
-    PyObject *region, *offset_object;
-    uint64_t offset;
-    long long reader;
+    PyObject *region, *offset_object, *reader_object;
+    uint64_t offset, reader;
     RingHeader ring;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
         PyErr_SetString(PyExc_TypeError, "ReaderCore(region, offset, reader) takes no keywords");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOL", &region, &offset_object, &reader) ||
+    if (!PyArg_ParseTuple(args, "OOO", &region, &offset_object, &reader_object) ||
         as_u64(offset_object, &offset) < 0 || read_header(&ring, region, offset) < 0) {
         return -1;
     }
-    if (reader < 0 || (uint64_t)reader >= ring.n_readers) {
-        PyErr_Format(PyExc_ValueError, "reader %lld out of range for a ring of %llu readers",
-                     reader, (unsigned long long)ring.n_readers);
+    if (!PyLong_Check(reader_object)) {
+        PyErr_SetString(PyExc_TypeError, "the reader index must be an int");
+        return -1;
+    }
+    int overflow = 0;
+    long long index = PyLong_AsLongLongAndOverflow(reader_object, &overflow);
+    if (index == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    reader = (uint64_t)index;
+    if (overflow || index < 0 || reader >= ring.n_readers) {
+        PyErr_Format(PyExc_ValueError, "reader %R out of range for a ring of %llu readers",
+                     reader_object, (unsigned long long)ring.n_readers);
         return -1;
     }
     self->ring = ring;
     self->mask = self->ring.capacity - 1;
-    self->cursor_word = reader_line(&self->ring, (uint64_t)reader);
+    self->cursor_word = reader_line(&self->ring, reader);
     self->cursor = load_acquire(self->cursor_word);
     self->pending = 0;
     self->kind = KIND_DATA;

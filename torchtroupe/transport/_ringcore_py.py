@@ -27,6 +27,8 @@ _MORE = 1
 _HEADER_BYTES = 8
 _LENGTH_MASK = 0xFFFFFFFF
 _AWAKE = 0
+_MAX_CAPACITY = 1 << 34
+_MAX_GATHER = 8  # chunks send() gathers into one record, as the C core
 _PRELUDE = struct.Struct("<qqQQQ")  # codec.py: target, tag, n_storages, n_fds, pickle length
 
 _closed_error: type[Exception] = RuntimeError
@@ -57,14 +59,31 @@ class _Header:
 
     def __init__(self, region: RegionLike, offset: int) -> None:
         words = region.words
+        region_bytes = len(words) * 8
         base = offset // 8
-        if offset % 64 or words[base] != _MAGIC:
+        if offset < 0 or offset % 64 or region_bytes - offset < _FIRST_READER_LINE * 64:
             raise ValueError(f"no ring at offset {offset} of this region")
+        if words[base] != _MAGIC:
+            raise ValueError(f"no ring at offset {offset} of this region")
+        capacity, n_readers, writer_bell = (int(word) for word in words[base + 1 : base + 4])
+        room = region_bytes - offset
+        if (
+            not 4096 <= capacity <= _MAX_CAPACITY
+            or capacity & (capacity - 1)
+            or not 1 <= n_readers <= (room - capacity) // 64 - _FIRST_READER_LINE
+            or writer_bell % 8
+            or writer_bell > region_bytes - 8
+        ):
+            raise ValueError("the ring's header is corrupt")
+        for reader in range(n_readers):
+            bell = int(words[base + (_FIRST_READER_LINE + reader) * _LINE_WORDS + 2])
+            if bell % 8 or bell > region_bytes - 8:
+                raise ValueError("the ring's header is corrupt")
         self.words = words
         self.address = region.address
-        self.capacity = int(words[base + 1])
-        self.n_readers = int(words[base + 2])
-        self.writer_bell = int(words[base + 3]) // 8
+        self.capacity = capacity
+        self.n_readers = n_readers
+        self.writer_bell = writer_bell // 8
         self.write_index = base + _LINE_WORDS
         self.state_index = base + 2 * _LINE_WORDS
         self.data = offset + (_FIRST_READER_LINE + self.n_readers) * 64
@@ -170,7 +189,7 @@ class WriterCore:
         position = self._reserved
         self._reserved = -1
         words = self._words
-        words[(ring.data + position) >> 3] = nbytes | (kind << 32) | (more << 40)
+        words[(ring.data + position) >> 3] = nbytes | (kind << 32) | (bool(more) << 40)
         self._cursor += _HEADER_BYTES + ((nbytes + 7) & ~7)
         if not STORES_ARE_ORDERED:
             full_fence()
@@ -195,7 +214,7 @@ class WriterCore:
             raise ValueError(
                 f"wake={wake} names no reader of a ring of {self._ring.n_readers} readers"
             )
-        if nbytes > self._max_payload:
+        if nbytes > self._max_payload or len(chunks) > _MAX_GATHER:
             return False
         total = sum(memoryview(chunk).nbytes for chunk in chunks)
         if total != nbytes:
@@ -214,6 +233,9 @@ class WriterCore:
     def send_message(self, target: int, tag: int, pickle: bytes, wake: int) -> bool:
         """Writes a message without tensors (prelude and pickle, ``codec.py``) as one
         record now, or returns False having written nothing."""
+        for word in (target, tag):
+            if not -(1 << 63) <= word < 1 << 63:
+                raise OverflowError(f"{word} does not fit a 64-bit prelude word")
         prelude = _PRELUDE.pack(target, tag, 0, 0, len(pickle))
         return self.send((prelude, pickle), len(prelude) + len(pickle), wake)
 
@@ -258,7 +280,8 @@ class ReaderCore:
             raise RuntimeError("poll() again before consume()")
         words, ring = self._words, self._ring
         while True:
-            if words[ring.write_index] == self._cursor:
+            published = int(words[ring.write_index])
+            if published == self._cursor:
                 state = words[ring.state_index]
                 if state != _OPEN and words[ring.write_index] == self._cursor:
                     raise _state_error(int(state), "reader")
@@ -269,6 +292,15 @@ class ReaderCore:
             header = words[(ring.data + position) >> 3]
             length = header & _LENGTH_MASK
             kind = (header >> 32) & 0xFF
+            tail = ring.capacity - position
+            available = published - self._cursor
+            size = _HEADER_BYTES + ((length + 7) & ~7)
+            if available > ring.capacity or (
+                length != tail - _HEADER_BYTES
+                if kind == _PAD
+                else size > tail or size > available
+            ):
+                raise _broken_error("the ring is corrupt (a record overruns it)")
             if kind == _PAD:
                 self._cursor += _HEADER_BYTES + length
                 continue
@@ -356,6 +388,8 @@ class ReaderCore:
 
 def spin_any(readers: tuple[ReaderCore, ...], seconds: float) -> bool:
     """Busy-waits until one of ``readers`` has data, at most ``seconds``."""
+    if not seconds >= 0.0:  # negative, or NaN
+        raise ValueError(f"spin seconds must be >= 0, not {seconds!r}")
     end = time.perf_counter() + seconds
     while True:
         for reader in readers:
