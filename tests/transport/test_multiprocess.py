@@ -96,6 +96,8 @@ def test_a_reader_process_parked_in_receive_uses_almost_no_cpu() -> None:
         RingWriter(ring.layout).close()
         report = readers[0].report()
     used = (after.user - before.user) + (after.system - before.system)
-    assert used < 0.02, f"an idle reader used {used:.3f} s of CPU in 2 s"
+    # CPU times come in 10 ms clock ticks, and a parked reader still wakes every park
+    # slice to check its peer; a spinning one would use the whole 2 s.
+    assert used < 0.05, f"an idle reader used {used:.3f} s of CPU in 2 s"
     assert report.count == 0
     assert report.error is None
