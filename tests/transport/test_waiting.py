@@ -78,5 +78,7 @@ def test_the_compiled_ring_core_is_built_and_used() -> None:
     # install builds it); TORCHTROUPE_NATIVE=0 asks for the Python core on purpose.
     from torchtroupe.transport.core import IMPLEMENTATION
 
-    expected = "native" if _settings.SETTINGS.native else "python"
-    assert IMPLEMENTATION == expected, "the C ring core did not build: see pip's output"
+    in_use = IMPLEMENTATION
+    assert in_use == ("native" if _settings.SETTINGS.native else "python"), (
+        "the C ring core did not build: see pip's output"
+    )
