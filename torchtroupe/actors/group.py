@@ -133,13 +133,14 @@ class ActorGroup:
             False (and nothing registered) if a rank is between incarnations.
         """
         runtime = self._runtime
-        for slot in slots:
-            if runtime.router.register(slot):
-                continue
+        failed = []
+        for slot in runtime.router.register_all(slots):
             death = runtime.deaths[slot.rank]
             if death is None:
                 runtime.router.forget(slots)
                 return False
+            failed.append((slot, death))
+        for slot, death in failed:
             slot.resolve(None, death)
         return True
 

@@ -138,13 +138,22 @@ class ReplyRouter:
             self._readable[rank] = True
             self._update_spin_readers()
 
-    def register(self, slot: CallSlot, death: ActorDiedError | None = None) -> bool:
+    def register(self, slot: CallSlot) -> bool:
         """Expects a reply for ``slot``. Returns False if its rank is not readable."""
+        return not self.register_all([slot])
+
+    def register_all(self, slots: list[CallSlot]) -> list[CallSlot]:
+        """Expects a reply for each of ``slots`` whose rank is readable (one lock for a
+        whole broadcast). Returns the others, which are not registered."""
+        refused = []
         with self._lock:
-            if self._closed or not self._readable[slot.rank]:
-                return False
-            self._pending[slot.key] = slot
-            return True
+            pending, readable, closed = self._pending, self._readable, self._closed
+            for slot in slots:
+                if closed or not readable[slot.rank]:
+                    refused.append(slot)
+                else:
+                    pending[slot.key] = slot
+        return refused
 
     def forget(self, slots: Iterable[CallSlot]) -> None:
         """Stops expecting replies for ``slots``; late replies will be dropped."""
