@@ -533,7 +533,7 @@ def test_take_unpickles_the_messages_for_its_rank_and_leaves_every_other_record_
         reader.take(loads, 5)
 
 
-def test_take_lets_a_keyboard_interrupt_raised_by_loads_through_with_the_record_pending(
+def test_take_lets_a_keyboard_interrupt_raised_by_loads_through_and_the_record_stays_unread(
     make_ring: MakeRing,
 ) -> None:
     ring = make_ring()
@@ -541,15 +541,50 @@ def test_take_lets_a_keyboard_interrupt_raised_by_loads_through_with_the_record_
     message = stdlib_pickle.dumps((1,))
     assert ring.writer.send_message(0, 1, message, -1)
 
-    def loads(view: memoryview) -> Any:
+    def interrupted(view: memoryview) -> Any:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        reader.take(loads, 0)
-    with pytest.raises(RuntimeError):
-        reader.poll()  # the record is still to consume
+        reader.take(interrupted, 0)
+    # Nothing is lost and nothing is left half-read: the next take gets the message.
+    assert reader.take(stdlib_pickle.loads, 0) == (1,)
+    assert reader.take(stdlib_pickle.loads, 0) is None
+
+
+def test_take_each_reads_every_ring_in_turn_and_stops_a_ring_at_a_record_left_to_decode(
+    make_ring: MakeRing,
+) -> None:
+    rings = [make_ring(), make_ring()]
+    for value in [(1,), (2,)]:
+        assert rings[0].writer.send_message(-1, 0, stdlib_pickle.dumps(value), -1)
+    assert rings[1].writer.send_message(-1, 0, stdlib_pickle.dumps((3,)), -1)
+    assert rings[1].writer.send_message(-1, 0, stdlib_pickle.dumps("not a tuple"), -1)
+    assert rings[1].writer.send_message(-1, 0, stdlib_pickle.dumps((4,)), -1)
+    readers = (rings[0].readers[0], rings[1].readers[0])
+    module = sys.modules[type(readers[0]).__module__]
+
+    taken = module.take_each(readers, stdlib_pickle.loads, -1)
+
+    assert [(index, value) for index, value in taken[:3]] == [(0, (1,)), (0, (2,)), (1, (3,))]
+    index, left = taken[3]
+    assert index == 1 and isinstance(left, memoryview)  # pending, for the general path
+    readers[1].consume()
+    assert module.take_each(readers, stdlib_pickle.loads, -1) == [(1, (4,))]
+
+
+def test_take_leaves_every_record_to_the_general_path_while_resyncing(
+    make_ring: MakeRing,
+) -> None:
+    ring = make_ring()
+    reader = ring.readers[0]
+    assert ring.writer.send_message(0, 1, stdlib_pickle.dumps((1,)), -1)
+    reader.resync = True
+
+    left = reader.take(stdlib_pickle.loads, 0)
+
+    assert isinstance(left, memoryview)
     reader.consume()
-    assert reader.poll() is None
+    reader.resync = False
 
 
 PLAIN_VALUES: list[object] = [

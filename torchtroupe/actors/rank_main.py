@@ -209,7 +209,10 @@ class RankRuntime:
         try:
             seq, kind, name, args, kwargs = request
         except (TypeError, ValueError) as error:
-            self.reply(tag, ERROR, capture(ValueError(f"a malformed request: {error}")))
+            if tag == NO_SEQ:  # nobody to answer: a reply without a seq means FATAL
+                logger.warning("rank %d dropped a malformed request: %s", rank, error)
+            else:
+                self.reply(tag, ERROR, capture(ValueError(f"a malformed request: {error}")))
             return True
         if kind == STOP:
             self.reply(seq, STOPPED, None)

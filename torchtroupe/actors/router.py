@@ -20,6 +20,7 @@ reply that made it into the ring is never lost, and no call waits past the death
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -38,12 +39,13 @@ from ..errors import (
 )
 from ..transport.codec import TARGET_ALL, decode, peek_target
 from ..transport.mailbox import CallerEnd
-from ..transport.ring import RingReader, spin_any
-from ..transport.stream import MessageAbortedError, MessageReader
+from ..transport.ring import RingReader, spin_any, take_each
+from ..transport.stream import IncomingMessage, MessageAbortedError, MessageReader
 from ..transport.waiting import wait_until
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
 
 _SLICE_S = 0.05
+logger = logging.getLogger(__name__)
 
 
 def _key(seq: int, rank: int) -> int:
@@ -276,65 +278,98 @@ class ReplyRouter:
     # -- draining -------------------------------------------------------------------
 
     def _drain(self) -> bool:
-        progressed = False
-        for rank, reader in self._drain_set:
-            # One C call per ring that has nothing (most of them, in a broadcast).
-            if reader.ring.has_data():
-                progressed |= self._drain_rank(rank, reader)
+        """Reads and dispatches every reply that has arrived. True if there were any
+        (or deaths to process)."""
+        taken = take_each(self._spin_readers, loads, TARGET_ALL)
+        if taken:
+            self._dispatch_taken(taken)
         if self._deaths:
             self._process_deaths()
-            progressed = True
-        return progressed
+            return True
+        return bool(taken)
 
-    def _drain_rank(self, rank: int, reader: MessageReader) -> bool:
-        progressed = False
+    def _dispatch_taken(self, taken: list[tuple[int, tuple[Any, ...] | memoryview]]) -> None:
+        """Dispatches what ``take_each`` read, in ring order per rank: the one-record
+        replies in one batch, and a record left to the general path by decoding it
+        and then reading the rest of its ring the slow way."""
+        batch: list[tuple[int, Any]] = []
+        for index, item in taken:
+            rank, reader = self._drain_set[index]
+            if isinstance(item, tuple):
+                batch.append((rank, item))
+                continue
+            self._dispatch_batch(batch)  # what came before it, first
+            batch = []
+            message = reader.message_from(item)
+            if message is not None:
+                self._decode_and_dispatch(rank, message)
+            self._drain_rank(rank, reader)
+        self._dispatch_batch(batch)
+
+    def _drain_rank(self, rank: int, reader: MessageReader) -> None:
+        """Reads and dispatches the replies waiting on one rank's ring, one by one."""
         while True:
             try:
                 taken = reader.take(loads, TARGET_ALL)
             except (ChannelBrokenError, ChannelClosedError):
-                return progressed
+                return
             if taken is None:
-                return progressed
-            progressed = True
+                return
             if isinstance(taken, tuple):
-                reply: Any = taken  # one record without tensors: the hot path
-                tag = NO_SEQ
-            else:
-                _, tag = peek_target(taken)
-                try:
-                    reply = decode(taken, partial(self._claim_fds, rank))
-                except MessageAbortedError:
-                    continue
-                except (ChannelBrokenError, ChannelClosedError):
-                    return progressed
-                except Exception as error:
-                    note = f"the reply from {self._describe(rank)} could not be unpickled here"
-                    error.add_note(note)
-                    reply = (tag, ERROR, error)
-            try:
-                seq, kind, value = reply
-            except (TypeError, ValueError) as error:
-                seq, kind, value = tag, ERROR, ValueError(f"a malformed reply: {error}")
-            self._dispatch(rank, seq, kind, value)
+                self._dispatch_batch([(rank, taken)])
+            elif not self._decode_and_dispatch(rank, taken):
+                return
 
-    def _dispatch(self, rank: int, seq: int, kind: int, value: Any) -> None:
-        if seq == NO_SEQ or kind == FATAL:
-            self._on_control(rank, Reply(seq, kind, value))
+    def _decode_and_dispatch(self, rank: int, message: IncomingMessage) -> bool:
+        """Decodes a reply the general way (tensors, fds, fragments). False if the ring
+        broke in the middle of it."""
+        _, tag = peek_target(message)
+        try:
+            reply = decode(message, partial(self._claim_fds, rank))
+        except MessageAbortedError:
+            return True
+        except (ChannelBrokenError, ChannelClosedError):
+            return False
+        except Exception as error:
+            error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
+            reply = (tag, ERROR, error)
+        self._dispatch_batch([(rank, reply)])
+        return True
+
+    def _dispatch_batch(self, replies: list[tuple[int, Any]]) -> None:
+        """Hands each ``(rank, (seq, kind, value))`` reply to its call (one lock for
+        the batch); replies that answer no call go to ``on_control``."""
+        if not replies:
             return
+        answered: list[tuple[int, CallSlot, int, Any]] = []
+        control: list[tuple[int, Reply]] = []
         with self._lock:
-            slot = self._pending.pop((seq << 20) | rank, None)
-        if slot is None:
-            return  # the answer to a call that timed out: nobody may take it
-        if kind == RESULT:
-            slot.resolve(value, None)
-        elif kind == ERROR:
-            error = value
-            if isinstance(error, RemoteFailure):
-                error = rebuild(error)
-                error.add_note(f"raised in {self._describe(rank)}, endpoint {slot.name!r}")
-            slot.resolve(None, error)
-        else:
-            slot.resolve(Reply(seq, kind, value), None)
+            pending = self._pending
+            for rank, reply in replies:
+                try:
+                    seq, kind, value = reply
+                except (TypeError, ValueError):
+                    logger.warning("dropped a malformed reply from %s", self._describe(rank))
+                    continue
+                if seq == NO_SEQ or kind == FATAL:
+                    control.append((rank, Reply(seq, kind, value)))
+                    continue
+                slot = pending.pop((seq << 20) | rank, None)
+                if slot is not None:  # else the answer to a call that timed out: dropped
+                    answered.append((rank, slot, kind, value))
+        for rank, slot, kind, value in answered:
+            if kind == RESULT:
+                slot.resolve(value, None)
+            elif kind == ERROR:
+                error = value
+                if isinstance(error, RemoteFailure):
+                    error = rebuild(error)
+                    error.add_note(f"raised in {self._describe(rank)}, endpoint {slot.name!r}")
+                slot.resolve(None, error)
+            else:
+                slot.resolve(Reply(slot.seq, kind, value), None)
+        for rank, reply in control:
+            self._on_control(rank, reply)
         if self._sleepers:
             self._notify()
 

@@ -710,6 +710,7 @@ typedef struct {
     uint64_t *cursor_word;
     int kind;
     char more;
+    char resync; /* the rest of an abandoned message is still to skip (stream.py) */
     int ready;
 } ReaderCore;
 
@@ -747,6 +748,7 @@ static int reader_init(ReaderCore *self, PyObject *args, PyObject *kwargs) {
     self->pending = 0;
     self->kind = KIND_DATA;
     self->more = 0;
+    self->resync = 0;
     self->ready = 1;
     return 0;
 }
@@ -873,15 +875,10 @@ static void reader_release(ReaderCore *self) {
  * tensors or fragments, an ABORT, a pickle that loads() refused or that is not a
  * tuple) comes back as poll() would return it, still to consume: decode it the
  * general way. None: nothing is published. */
-static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "take(loads, rank) takes 2 arguments");
-        return NULL;
-    }
-    long long rank = PyLong_AsLongLong(args[1]);
-    if (rank == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
+/* One step of take(): a new reference to the unpickled tuple (record released), to
+ * the record's memoryview (still pending), None (nothing published), or NULL with
+ * an exception. */
+static PyObject *reader_take_one(ReaderCore *self, PyObject *loads, long long rank) {
     for (;;) {
         uint64_t length;
         char *payload = reader_next(self, &length);
@@ -892,7 +889,8 @@ static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssiz
             Py_RETURN_NONE;
         }
         uint64_t prelude[PRELUDE_WORDS];
-        int plain = self->kind == KIND_DATA && !self->more && length >= PRELUDE_BYTES;
+        int plain = !self->resync && self->kind == KIND_DATA && !self->more &&
+                    length >= PRELUDE_BYTES;
         if (plain) {
             memcpy(prelude, payload, PRELUDE_BYTES);
             plain = prelude[2] == 0 && prelude[3] == 0 && prelude[4] <= length - PRELUDE_BYTES;
@@ -910,10 +908,12 @@ static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssiz
         if (pickle == NULL) {
             return NULL;
         }
-        PyObject *value = PyObject_CallOneArg(args[0], pickle);
+        PyObject *value = PyObject_CallOneArg(loads, pickle);
         Py_DECREF(pickle);
         if (value == NULL && !PyErr_ExceptionMatches(PyExc_Exception)) {
-            return NULL; /* KeyboardInterrupt, SystemExit: as the Python core, record pending */
+            /* KeyboardInterrupt, SystemExit: the record stays unread for the next call */
+            self->pending = 0;
+            return NULL;
         }
         if (value == NULL || !PyTuple_CheckExact(value)) {
             /* Leave the record to the general path, which reports the error with the
@@ -925,6 +925,30 @@ static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssiz
         reader_release(self);
         return value;
     }
+}
+
+static int parse_rank(PyObject *object, long long *rank) {
+    *rank = PyLong_AsLongLong(object);
+    return *rank == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* take(loads, rank) -> None | tuple | memoryview: the hot path of a reader that
+ * decodes messages (codec.py). Skips one-record messages without tensors that are
+ * addressed to neither `rank` nor every rank (-1); returns the next one that is,
+ * unpickled with `loads` (a tuple) and consumed. Any other record (a message with
+ * tensors or fragments, an ABORT, anything while `resync` is set, a pickle that
+ * loads() refused or that is not a tuple) comes back as poll() would return it,
+ * still to consume: decode it the general way. None: nothing is published. */
+static PyObject *reader_take_py(ReaderCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long rank;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(loads, rank) takes 2 arguments");
+        return NULL;
+    }
+    if (reader_check(self) < 0 || parse_rank(args[1], &rank) < 0) {
+        return NULL;
+    }
+    return reader_take_one(self, args[0], rank);
 }
 
 static PyObject *reader_consume_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
@@ -954,10 +978,37 @@ static int parse_seconds(PyObject *arg, double *seconds) {
     return 0;
 }
 
-/* Spins (GIL held) until one of n readers has data or `seconds` pass; with
- * seconds <= 0 it looks once. */
+/* The longest spin made with the GIL held. A longer one lets the GIL go, so the
+ * process's other threads run meanwhile (a caller's other senders, its monitor, an
+ * actor's own threads); taking it back may then cost a thread switch, which a spin
+ * that long can afford. Signals are checked only at the end of such a spin. */
+#define SPIN_WITH_GIL_S 200e-6
+
+static int spin_loop(ReaderCore *const *readers, Py_ssize_t n, double end) {
+    for (unsigned long spins = 0;; spins++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (reader_has_data(readers[i])) {
+                return 1;
+            }
+        }
+        if (spins % SPIN_CHECK_EVERY == 0 && monotonic_s() >= end) {
+            return 0;
+        }
+        cpu_relax();
+    }
+}
+
+/* Spins until one of n readers has data or `seconds` pass (-1 on an exception from a
+ * signal handler); with seconds <= 0 it looks once. */
 static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) {
     double end = monotonic_s() + seconds;
+    if (seconds > SPIN_WITH_GIL_S) {
+        int found;
+        Py_BEGIN_ALLOW_THREADS
+        found = spin_loop(readers, n, end);
+        Py_END_ALLOW_THREADS
+        return PyErr_CheckSignals() < 0 ? -1 : found;
+    }
     for (unsigned long spins = 0;; spins++) {
         for (Py_ssize_t i = 0; i < n; i++) {
             if (reader_has_data(readers[i])) {
@@ -1022,6 +1073,9 @@ static PyMemberDef reader_members[] = {
     {"kind", T_INT, offsetof(ReaderCore, kind), READONLY, "Kind of the polled record."},
     {"more", T_BOOL, offsetof(ReaderCore, more), READONLY,
      "True if more fragments of the polled record's message follow."},
+    {"resync", T_BOOL, offsetof(ReaderCore, resync), 0,
+     "True while the rest of an abandoned message is to be skipped: take() then "
+     "returns every record as it is (stream.py does the skipping)."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1137,6 +1191,74 @@ static PyObject *module_is_plain(PyObject *Py_UNUSED(module), PyObject *const *a
     return PyBool_FromLong(plain_walk(args[0], &budget, 0));
 }
 
+/* take_each(readers, loads, rank) -> list[(index, tuple | memoryview)]: take() on
+ * each reader in turn until it has nothing more; a record take() leaves to the
+ * general path ends that reader's turn (it stays pending). */
+static PyObject *module_take_each(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                  Py_ssize_t nargs) {
+    long long rank;
+    if (nargs != 3 || !PyTuple_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "take_each(readers: tuple[ReaderCore, ...], loads, rank)");
+        return NULL;
+    }
+    if (parse_rank(args[2], &rank) < 0) {
+        return NULL;
+    }
+    PyObject *taken = PyList_New(0);
+    if (taken == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[0]); i++) {
+        PyObject *item = PyTuple_GET_ITEM(args[0], i);
+        if (!PyObject_TypeCheck(item, &ReaderCoreType) || reader_check((ReaderCore *)item) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "take_each() needs ReaderCore objects");
+            }
+            Py_DECREF(taken);
+            return NULL;
+        }
+        for (;;) {
+            PyObject *value = reader_take_one((ReaderCore *)item, args[1], rank);
+            if (value == NULL) {
+                if ((closed_error && PyErr_ExceptionMatches(closed_error)) ||
+                    (broken_error && PyErr_ExceptionMatches(broken_error))) {
+                    PyErr_Clear(); /* that ring is done; its peer's death is news elsewhere */
+                    break;
+                }
+                if (PyList_GET_SIZE(taken) == 0) {
+                    Py_DECREF(taken);
+                    return NULL;
+                }
+                /* The records already taken are released: hand them back. The record
+                 * that failed stays unread, so the error comes again on the next call;
+                 * an interrupt is raised again at the next signal check. */
+                int interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+                PyErr_Clear();
+                if (interrupted) {
+                    PyErr_SetInterrupt();
+                }
+                return taken;
+            }
+            if (value == Py_None) {
+                Py_DECREF(value);
+                break;
+            }
+            PyObject *entry = Py_BuildValue("(nN)", i, value);
+            if (entry == NULL || PyList_Append(taken, entry) < 0) {
+                Py_XDECREF(entry);
+                Py_DECREF(taken);
+                return NULL;
+            }
+            Py_DECREF(entry);
+            if (!PyTuple_CheckExact(value)) {
+                break; /* a record for the general path: this reader's turn ends */
+            }
+        }
+    }
+    return taken;
+}
+
 static PyObject *module_set_errors(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *closed, *broken;
     if (!PyArg_ParseTuple(args, "OO", &closed, &broken)) {
@@ -1158,6 +1280,10 @@ static PyMethodDef module_methods[] = {
     {"is_plain", (PyCFunction)(void (*)(void))module_is_plain, METH_FASTCALL,
      "is_plain(obj, budget) -> bool: obj holds only None, bool, int, float, str, bytes "
      "and exact tuples, lists and dicts of them (at most budget objects)."},
+    {"take_each", (PyCFunction)(void (*)(void))module_take_each, METH_FASTCALL,
+     "take_each(readers, loads, rank) -> list[(index, tuple | memoryview)]: take() on "
+     "each reader until it has nothing more (a record left to the general path ends its "
+     "turn)."},
     {"set_errors", module_set_errors, METH_VARARGS,
      "set_errors(closed, broken): the exceptions poll() raises for a closed or broken ring."},
     {NULL, NULL, 0, NULL},

@@ -268,6 +268,7 @@ class ReaderCore:
         self._pending = 0
         self.kind = _DATA
         self.more = False
+        self.resync = False  # the rest of an abandoned message is to skip (stream.py)
 
     def has_data(self) -> bool:
         """True if a record (possibly a PAD) waits, or the ring is no longer open."""
@@ -340,16 +341,18 @@ class ReaderCore:
 
         Skips one-record messages without tensors addressed to neither ``rank`` nor
         every rank (-1), and returns the next one that is, unpickled with ``loads``
-        (a tuple) and consumed. Any other record (tensors, fragments, ABORT, a pickle
-        ``loads`` refused or that is not a tuple) is returned as :meth:`poll` returns
-        it, still to consume. None: nothing is published.
+        (a tuple) and consumed. Any other record (tensors, fragments, ABORT, anything
+        while :attr:`resync` is set, a pickle ``loads`` refused or that is not a
+        tuple) is returned as :meth:`poll` returns it, still to consume. None:
+        nothing is published. If ``loads`` raises something that is not an
+        Exception (KeyboardInterrupt), that propagates and the record stays unread.
         """
         while True:
             polled = self.poll_message()
             if polled is None:
                 return None
             record, target, _, pickle = polled
-            if pickle is None:
+            if pickle is None or self.resync:
                 return record
             if target != -1 and target != rank:
                 self.consume()
@@ -358,6 +361,9 @@ class ReaderCore:
                 value = loads(pickle)
             except Exception:
                 return record  # the general path reports it, with the message's tag
+            except BaseException:
+                self._pending = 0  # unread: the next call sees it again
+                raise
             if type(value) is not tuple:
                 return record
             self.consume()
@@ -384,6 +390,33 @@ class ReaderCore:
         bell = self._ring.writer_bell
         self._words[bell] = _AWAKE
         futex_wake(self._ring.address + 8 * bell)
+
+
+def take_each(
+    readers: tuple[ReaderCore, ...], loads: Callable[[memoryview], Any], rank: int
+) -> list[tuple[int, tuple[Any, ...] | memoryview]]:
+    """:meth:`ReaderCore.take` on each reader until it has nothing more; a record left
+    to the general path ends that reader's turn (it stays pending), and a closed or
+    broken ring ends it quietly. If ``loads`` raises something that is not an
+    Exception after some records were taken, those are returned (they were
+    released) and the failing record stays unread for the next call."""
+    taken: list[tuple[int, tuple[Any, ...] | memoryview]] = []
+    for index, reader in enumerate(readers):
+        while True:
+            try:
+                value = reader.take(loads, rank)
+            except (_closed_error, _broken_error):
+                break
+            except BaseException:
+                if not taken:
+                    raise
+                return taken
+            if value is None:
+                break
+            taken.append((index, value))
+            if type(value) is not tuple:
+                break
+    return taken
 
 
 def spin_any(readers: tuple[ReaderCore, ...], seconds: float) -> bool:

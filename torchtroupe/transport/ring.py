@@ -43,10 +43,12 @@ from .waiting import DEFAULT_STRATEGY, WaitStrategy, wait_until
 if TYPE_CHECKING:
     from ._ringcore_py import ReaderCore, WriterCore
     from ._ringcore_py import spin_any as spin_any
+    from ._ringcore_py import take_each as take_each
 else:
     from .core import core
 
-    ReaderCore, WriterCore, spin_any = core.ReaderCore, core.WriterCore, core.spin_any
+    ReaderCore, WriterCore = core.ReaderCore, core.WriterCore
+    spin_any, take_each = core.spin_any, core.take_each
 
 _MAGIC = 0x74726F7570650001  # "troupe" v1
 _LINE_WORDS = CACHE_LINE // 8

@@ -63,15 +63,20 @@ class MessageWriter:
         """
         ring = self.ring
         if self._abort_pending:
-            ring.reserve(0, deadline=deadline, alive=alive)
-            ring.commit(0, kind=ABORT)
+            try:
+                ring.reserve(0, deadline=deadline, alive=alive)
+                ring.commit(0, kind=ABORT)
+            except BaseException:
+                ring.cancel()  # interrupted between the two: nothing was published
+                raise
             self._abort_pending = False
         limit = ring.max_payload
         if nbytes <= limit:
             if ring.send(chunks, nbytes, wake):  # the common case: room now, one record
                 return
-            view = ring.reserve(nbytes, deadline=deadline, alive=alive)
             try:
+                # A signal may interrupt us once the core has reserved: cancel below.
+                view = ring.reserve(nbytes, deadline=deadline, alive=alive)
                 position = 0
                 for chunk in chunks:
                     if type(chunk) is not bytes:
@@ -80,7 +85,7 @@ class MessageWriter:
                     view[position:end] = chunk
                     position = end
             except BaseException:
-                ring.cancel()  # a chunk could not be read: nothing was published
+                ring.cancel()  # a chunk could not be read, or an interrupt: nothing published
                 raise
             ring.commit(nbytes, wake=wake)
             return
@@ -214,14 +219,23 @@ class IncomingMessage:
 class MessageReader:
     """Reads whole messages from one ring reader.
 
-    Attributes:
-        resync: True after a read gave up in the middle of a message: the records
-            still to come of that message are skipped before the next message.
+    Args:
+        ring: The ring's reading end.
     """
 
     def __init__(self, ring: RingReader) -> None:
         self.ring = ring
-        self.resync = False
+
+    @property
+    def resync(self) -> bool:
+        """True after a read gave up in the middle of a message: the records still to
+        come of that message are skipped before the next message. Kept in the ring
+        core, whose ``take`` leaves every record to this class while it is set."""
+        return self.ring.resync
+
+    @resync.setter
+    def resync(self, value: bool) -> None:
+        self.ring.resync = value
 
     def _skip_continuation(self) -> None:
         """Consumes one record of an abandoned message; back in step after its last
@@ -262,16 +276,22 @@ class MessageReader:
         """
         ring = self.ring
         while True:
-            if self.resync:  # finish skipping an abandoned message, record by record
-                if ring.poll() is None:
-                    return None
-                self._skip_continuation()
-                continue
-            taken = ring.take(loads, rank)
+            taken = ring.take(loads, rank)  # every record, while resync is set
             if taken is None or isinstance(taken, tuple):
                 return taken
-            if self._starts_a_message():
-                return IncomingMessage(self, taken, deadline, alive)
+            message = self.message_from(taken, deadline=deadline, alive=alive)
+            if message is not None:
+                return message
+
+    def message_from(
+        self, record: memoryview, *, deadline: float | None = None, alive: Alive = None
+    ) -> IncomingMessage | None:
+        """The message that ``record`` (polled or left by ``take``, still pending)
+        starts, or None if it starts none (an ABORT, or part of an abandoned message):
+        then it was consumed."""
+        if self._starts_a_message():
+            return IncomingMessage(self, record, deadline, alive)
+        return None
 
     def receive(self, *, deadline: float | None, alive: Alive = None) -> IncomingMessage:
         """Waits for the next message; call :meth:`IncomingMessage.finish` when done.
