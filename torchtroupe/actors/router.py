@@ -248,6 +248,9 @@ class ReplyRouter:
         """Drains once, or waits for something to drain. False once the deadline passed."""
         if self._drain():
             return True
+        # The common case first: a reply within the spin window, seen by the ring core.
+        if self._spin(self._end.strategy.spin_s) and self._drain():
+            return True
         slice_end = time.monotonic() + _SLICE_S
         until = slice_end if deadline is None else min(deadline, slice_end)
         wait_until(
