@@ -827,6 +827,21 @@ static PyObject *reader_poll_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) 
  * that starts a message, its prelude (codec.py). target and tag are None for a
  * record too short to hold a prelude (ABORT); pickle is the pickle bytes when the
  * whole message is this one record and carries no tensors, else None. */
+/* Reads the prelude of the record just polled (codec.py) into `prelude`. Returns 0 if
+ * the record is too short to start a message (or not DATA), 1 if it starts one, and 2
+ * if moreover the whole message is this record and carries no tensors: its pickle is
+ * the prelude[4] bytes after the prelude. */
+static int read_prelude(ReaderCore *self, const char *payload, uint64_t length,
+                        uint64_t prelude[PRELUDE_WORDS]) {
+    if (self->kind != KIND_DATA || length < PRELUDE_BYTES) {
+        return 0;
+    }
+    memcpy(prelude, payload, PRELUDE_BYTES);
+    int plain = !self->more && prelude[2] == 0 && prelude[3] == 0 &&
+                prelude[4] <= length - PRELUDE_BYTES;
+    return plain ? 2 : 1;
+}
+
 static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t length;
     char *payload = reader_next(self, &length);
@@ -840,14 +855,13 @@ static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ig
     if (record == NULL) {
         return NULL;
     }
-    if (self->kind != KIND_DATA || length < PRELUDE_BYTES) {
+    uint64_t prelude[PRELUDE_WORDS];
+    int found = read_prelude(self, payload, length, prelude);
+    if (found == 0) {
         return Py_BuildValue("(NOOO)", record, Py_None, Py_None, Py_None);
     }
-    uint64_t prelude[PRELUDE_WORDS];
-    memcpy(prelude, payload, PRELUDE_BYTES);
     PyObject *pickle = NULL;
-    if (!self->more && prelude[2] == 0 && prelude[3] == 0 &&
-        prelude[4] <= length - PRELUDE_BYTES) {
+    if (found == 2) {
         pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES, (Py_ssize_t)prelude[4],
                                          PyBUF_WRITE);
         if (pickle == NULL) {
@@ -889,13 +903,7 @@ static PyObject *reader_take_one(ReaderCore *self, PyObject *loads, long long ra
             Py_RETURN_NONE;
         }
         uint64_t prelude[PRELUDE_WORDS];
-        int plain = !self->resync && self->kind == KIND_DATA && !self->more &&
-                    length >= PRELUDE_BYTES;
-        if (plain) {
-            memcpy(prelude, payload, PRELUDE_BYTES);
-            plain = prelude[2] == 0 && prelude[3] == 0 && prelude[4] <= length - PRELUDE_BYTES;
-        }
-        if (!plain) {
+        if (self->resync || read_prelude(self, payload, length, prelude) != 2) {
             return PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
         }
         long long target = (long long)prelude[0];
@@ -984,31 +992,9 @@ static int parse_seconds(PyObject *arg, double *seconds) {
  * that long can afford. Signals are checked only at the end of such a spin. */
 #define SPIN_WITH_GIL_S 200e-6
 
-static int spin_loop(ReaderCore *const *readers, Py_ssize_t n, double end) {
-    for (unsigned long spins = 0;; spins++) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (reader_has_data(readers[i])) {
-                return 1;
-            }
-        }
-        if (spins % SPIN_CHECK_EVERY == 0 && monotonic_s() >= end) {
-            return 0;
-        }
-        cpu_relax();
-    }
-}
-
-/* Spins until one of n readers has data or `seconds` pass (-1 on an exception from a
- * signal handler); with seconds <= 0 it looks once. */
-static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) {
-    double end = monotonic_s() + seconds;
-    if (seconds > SPIN_WITH_GIL_S) {
-        int found;
-        Py_BEGIN_ALLOW_THREADS
-        found = spin_loop(readers, n, end);
-        Py_END_ALLOW_THREADS
-        return PyErr_CheckSignals() < 0 ? -1 : found;
-    }
+/* 1 once a reader has data, 0 at `end`, -1 if a signal handler raised (checked only
+ * with check_signals, which needs the GIL). */
+static int spin_loop(ReaderCore *const *readers, Py_ssize_t n, double end, int check_signals) {
     for (unsigned long spins = 0;; spins++) {
         for (Py_ssize_t i = 0; i < n; i++) {
             if (reader_has_data(readers[i])) {
@@ -1019,12 +1005,26 @@ static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) 
             if (monotonic_s() >= end) {
                 return 0;
             }
-            if (PyErr_CheckSignals() < 0) {
+            if (check_signals && PyErr_CheckSignals() < 0) {
                 return -1;
             }
         }
         cpu_relax();
     }
+}
+
+/* Spins until one of n readers has data or `seconds` pass (-1 on an exception from a
+ * signal handler); with seconds <= 0 it looks once. */
+static int spin_until(ReaderCore *const *readers, Py_ssize_t n, double seconds) {
+    double end = monotonic_s() + seconds;
+    if (seconds <= SPIN_WITH_GIL_S) {
+        return spin_loop(readers, n, end, 1);
+    }
+    int found;
+    Py_BEGIN_ALLOW_THREADS
+    found = spin_loop(readers, n, end, 0);
+    Py_END_ALLOW_THREADS
+    return PyErr_CheckSignals() < 0 ? -1 : found;
 }
 
 static PyObject *reader_spin_py(ReaderCore *self, PyObject *arg) {
