@@ -35,6 +35,7 @@ from bench.common import (
     say,
     shm_entries,
     target_status,
+    timed_us,
 )
 from torchtroupe.transport.codec import Encoder, decode
 from torchtroupe.transport.region import CACHE_LINE, SharedRegion, align_up
@@ -213,19 +214,6 @@ def run_child(
 # --- round trips -------------------------------------------------------------------------
 
 
-def _timed(iterations: int, warmup: int, once: Callable[[], None]) -> list[float]:
-    """Runs ``once`` ``warmup`` times, then times ``iterations`` calls; microseconds."""
-    for _ in range(warmup):
-        once()
-    clock = time.perf_counter_ns
-    samples = [0.0] * iterations
-    for i in range(iterations):
-        start = clock()
-        once()
-        samples[i] = (clock() - start) / 1000.0
-    return samples
-
-
 def ring_round_trip(context: Any, iterations: int, warmup: int) -> list[float]:
     pair = RingPair.create(SMALL_RING)
     writer, reader = pair.writer(pair.ping), pair.reader(pair.pong)
@@ -243,7 +231,7 @@ def ring_round_trip(context: Any, iterations: int, warmup: int) -> list[float]:
                 raise AssertionError("ring echo returned a record of the wrong size")
             reader.consume()
 
-        return _timed(iterations, warmup, once)
+        return timed_us(iterations, warmup, once)
 
     def check_and_stop() -> None:
         writer.reserve(0, deadline=time.monotonic() + TIMEOUT_S)
@@ -286,7 +274,7 @@ def codec_round_trip(context: Any, iterations: int, warmup: int) -> list[float]:
         encoder.send(requests, request, deadline=time.monotonic() + TIMEOUT_S)
         if decode(messages.receive(deadline=time.monotonic() + TIMEOUT_S, alive=alive)) != request:
             raise AssertionError("codec echo changed the message")
-        return _timed(iterations, warmup, once)
+        return timed_us(iterations, warmup, once)
 
     def stop() -> None:
         encoder.send(requests, None, deadline=time.monotonic() + TIMEOUT_S)
@@ -308,7 +296,7 @@ def pipe_round_trip(context: Any, iterations: int, warmup: int) -> list[float]:
             if len(ours.recv_bytes()) != SMALL_BYTES:
                 raise AssertionError("pipe echo returned the wrong size")
 
-        return _timed(iterations, warmup, once)
+        return timed_us(iterations, warmup, once)
 
     try:
         return run_child(context, pipe_child, (theirs,), body, lambda: ours.send_bytes(b""))  # type: ignore[no-any-return]
@@ -327,7 +315,7 @@ def queue_round_trip(context: Any, iterations: int, warmup: int) -> list[float]:
             if len(replies.get(timeout=TIMEOUT_S)) != SMALL_BYTES:
                 raise AssertionError("queue echo returned the wrong size")
 
-        return _timed(iterations, warmup, once)
+        return timed_us(iterations, warmup, once)
 
     try:
         return run_child(

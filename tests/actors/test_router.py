@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 import random
 import time
 
@@ -10,6 +12,10 @@ import pytest
 import torchtroupe as tt
 from tests.actors.actors_for_tests import Echo
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
+from torchtroupe.actors.messages import RESULT, Reply
+from torchtroupe.actors.router import CallSlot, ReplyRouter
+from torchtroupe.transport.codec import TARGET_ALL, send_encoded
+from torchtroupe.transport.mailbox import CallerEnd, MailboxLayout, RankEnd
 
 
 def test_each_rank_sees_calls_broadcasts_and_scatters_in_the_order_they_were_made() -> None:
@@ -71,3 +77,33 @@ def test_late_broadcast_replies_are_never_handed_to_the_next_broadcast() -> None
             group.broadcast("sleep", 1.0, timeout=0.2)
         assert group.broadcast("echo", "own", timeout=SHORT_TIMEOUT) == ["own", "own"]
         assert group.scatter("echo", [(0,), (1,)], timeout=SHORT_TIMEOUT) == [0, 1]
+
+
+def test_a_malformed_reply_is_dropped_with_a_warning_and_is_not_taken_for_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layout = MailboxLayout.create(1, 1 << 14)
+    controls: list[tuple[int, Reply]] = []
+    router = ReplyRouter(
+        CallerEnd(layout),
+        lambda rank: f"rank {rank}",
+        lambda r, c: controls.append((r, c)),
+        lambda rank, tag, count: [],
+    )
+    router.open_rank(0)
+    slot = CallSlot(7, 0, "noop")
+    assert router.register(slot)
+    rank_side = RankEnd(layout, 0)
+    # Two fields where a reply has three: nothing can say which call it answers.
+    send_encoded(rank_side.replies, pickle.dumps((7, RESULT)), TARGET_ALL, 7, deadline=None)
+    send_encoded(rank_side.replies, pickle.dumps((7, RESULT, "ok")), TARGET_ALL, 7, deadline=None)
+
+    with caplog.at_level(logging.WARNING, logger="torchtroupe.actors.router"):
+        router.drain_now()
+
+    assert "dropped a malformed reply from rank 0" in caplog.text
+    assert controls == []
+    assert slot.done and slot.outcome() == "ok"
+    assert router.close(SHORT_TIMEOUT)
+    del router, rank_side
+    layout.region.release()

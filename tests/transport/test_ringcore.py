@@ -17,6 +17,7 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1275,3 +1276,30 @@ def test_the_transport_suite_passes_on_the_pure_python_core() -> None:
     )
     assert suite.returncode == 0, suite.stdout[-8000:] + suite.stderr[-4000:]
     assert " passed" in suite.stdout
+
+
+def test_other_threads_run_while_a_long_spin_waits(make_one_core_ring: MakeRing) -> None:
+    # A spin longer than the core's GIL window lets the GIL go: a spinning caller or
+    # rank must not freeze its process's other threads (monitor, senders, actor code).
+    reader = make_one_core_ring().readers[0]
+    started, stop = threading.Event(), threading.Event()
+    stamps: list[float] = []  # when the other thread ran, every 1000th time
+
+    def count() -> None:
+        started.set()
+        runs = 0
+        while not stop.is_set():
+            runs += 1
+            if runs % 1000 == 0:
+                stamps.append(time.perf_counter())
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    started.wait(SHORT_TIMEOUT)
+    begin = time.perf_counter()
+    assert reader.spin(0.3) is False  # nothing arrives
+    stop.set()
+    thread.join(SHORT_TIMEOUT)
+    # Well inside the spin, away from its edges, where the GIL may change hands anyway.
+    inside = [stamp for stamp in stamps if begin + 0.02 <= stamp <= begin + 0.25]
+    assert len(inside) > 10, f"the other thread ran {len(inside)}k times during the spin"

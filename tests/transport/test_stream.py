@@ -281,3 +281,20 @@ def test_send_accepts_memoryviews_of_any_item_format(nbytes: int) -> None:
             raise
         sending.result(SHORT_TIMEOUT)
     assert received == sent
+
+
+def test_a_send_whose_chunk_cannot_be_read_leaves_the_ring_usable() -> None:
+    ring = new_ring(1 << 14, n_readers=1)
+    writer, reader = (
+        MessageWriter(RingWriter(ring.layout)),
+        MessageReader(RingReader(ring.layout, 0)),
+    )
+    # More chunks than the core gathers in one call, so the record is reserved, then
+    # filled here; the last chunk is not a buffer.
+    chunks: list[object] = [b"x"] * 9 + [object()]
+
+    with pytest.raises(TypeError):
+        writer.send(chunks, 10, deadline=monotonic_deadline(SHORT_TIMEOUT))  # type: ignore[arg-type]
+
+    writer.send([b"after"], 5, deadline=monotonic_deadline(SHORT_TIMEOUT))
+    assert read_whole(reader, 5) == b"after"

@@ -138,7 +138,7 @@ class ReplyRouter:
         with self._lock:
             self._end.reopen_reply(rank)
             self._readable[rank] = True
-            self._update_spin_readers()
+            self._update_drain_set()
 
     def register(self, slot: CallSlot) -> bool:
         """Expects a reply for ``slot``. Returns False if its rank is not readable."""
@@ -267,8 +267,10 @@ class ReplyRouter:
         """Busy-waits (in the ring core) until a readable reply ring has data."""
         return spin_any(self._spin_readers, seconds)
 
-    def _update_spin_readers(self) -> None:
-        """Call with ``_lock`` held whenever ``_readable`` or a reply reader changes."""
+    def _update_drain_set(self) -> None:
+        """Rebuilds the readable ranks' readers and their rings (what ``_drain`` reads
+        and ``_spin`` watches); call with ``_lock`` held whenever ``_readable`` or a reply
+        reader changes."""
         replies = self._end.replies
         self._drain_set = tuple(
             (rank, replies[rank]) for rank, readable in enumerate(self._readable) if readable
@@ -357,7 +359,7 @@ class ReplyRouter:
                 if seq == NO_SEQ or kind == FATAL:
                     control.append((rank, Reply(seq, kind, value)))
                     continue
-                slot = pending.pop((seq << 20) | rank, None)
+                slot = pending.pop(_key(seq, rank), None)
                 if slot is not None:  # else the answer to a call that timed out: dropped
                     answered.append((rank, slot, kind, value))
         for rank, slot, kind, value in answered:
@@ -411,7 +413,7 @@ class ReplyRouter:
             error = make_error()
             with self._lock:
                 self._readable[rank] = False
-                self._update_spin_readers()
+                self._update_drain_set()
                 failed = [slot for slot in self._pending.values() if slot.rank == rank]
                 for slot in failed:
                     del self._pending[slot.key]

@@ -299,6 +299,12 @@ class EncodedMessage(NamedTuple):
     keepalive: Sequence[torch.Tensor]
 
 
+def _without_tensors(pickle_bytes: bytes, target: int, tag: int) -> EncodedMessage:
+    """The message of a pickle that holds no tensors: the prelude, then the pickle."""
+    prelude = _FIXED.pack(target, tag, 0, 0, len(pickle_bytes))
+    return EncodedMessage([prelude, pickle_bytes], len(prelude) + len(pickle_bytes), (), ())
+
+
 class Encoder:
     """Encodes objects into messages; one per sending thread.
 
@@ -322,8 +328,7 @@ class Encoder:
         message = self.encode_compact(obj, target, tag)
         if isinstance(message, EncodedMessage):
             return message
-        prelude = _FIXED.pack(target, tag, 0, 0, len(message))
-        return EncodedMessage([prelude, message], len(prelude) + len(message), (), ())
+        return _without_tensors(message, target, tag)
 
     def encode_compact(
         self, obj: Any, target: int = TARGET_ALL, tag: int = 0
@@ -418,9 +423,8 @@ def send_encoded(
         return
     if not writer.abort_pending and writer.ring.send_message(target, tag, message, wake):
         return  # one record, room now: the whole message in one call of the ring core
-    prelude = _FIXED.pack(target, tag, 0, 0, len(message))
-    chunks = [prelude, message]
-    writer.send(chunks, len(prelude) + len(message), deadline=deadline, alive=alive, wake=wake)
+    whole = _without_tensors(message, target, tag)
+    writer.send(whole.chunks, whole.nbytes, deadline=deadline, alive=alive, wake=wake)
 
 
 FdSource = Callable[[int, int], list[int]]
