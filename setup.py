@@ -11,7 +11,8 @@ setup(
     ext_modules=[
         Extension(
             "torchtroupe.transport._ringcore",
-            sources=["torchtroupe/transport/_ringcore.c"],
+            sources=["torchtroupe/transport/_ringcore.c", "torchtroupe/transport/_plainpickle.c"],
+            depends=["torchtroupe/transport/_plainpickle.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
             optional=True,
         )

@@ -116,6 +116,11 @@ class Echo(tt.Actor):
         return seconds
 
     @tt.endpoint
+    def answer_in_reverse_rank_order(self, step_s: float) -> int:
+        time.sleep((self.world_size - 1 - self.rank) * step_s)  # the rank's work
+        return self.rank
+
+    @tt.endpoint
     def kill_self(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 

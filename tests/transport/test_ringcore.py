@@ -11,6 +11,7 @@ built. One slow test runs the whole transport suite on the pure-Python core.
 from __future__ import annotations
 
 import array
+import fractions
 import os
 import pickle as stdlib_pickle
 import random
@@ -532,6 +533,35 @@ def test_take_unpickles_the_messages_for_its_rank_and_leaves_every_other_record_
     assert reader.take(loads, 5) == ("last",)
     with pytest.raises(ChannelClosedError):
         reader.take(loads, 5)
+
+
+def test_send_plain_pickles_in_the_writer_and_take_with_loads_reads_it(
+    make_ring: MakeRing, cores: CorePair
+) -> None:
+    ring = make_ring()
+    value = (7, 1, "echo", (1, 2.5, "s", b"b", None, True, [1], {"k": (2,)}), {"x": -(1 << 40)})
+
+    assert ring.writer.send_plain(0, 7, value, -1)
+    assert not ring.writer.send_plain(0, 8, (object(),), -1)  # nothing written
+    taken = ring.readers[0].take(cores.reader.loads, 0)
+
+    assert taken == value and type(taken[3][5]) is bool
+    # A pickle of something else: loads hands it to the stock unpickler.
+    other = (fractions.Fraction(1, 3),)
+    assert ring.writer.send_message(0, 9, stdlib_pickle.dumps(other), -1)
+    assert ring.readers[0].take(cores.reader.loads, 0) == other
+    assert ring.readers[0].take(cores.reader.loads, 0) is None
+
+
+def test_send_plain_writes_the_prelude_of_a_message(make_ring: MakeRing) -> None:
+    ring = make_ring()
+    assert ring.writer.send_plain(3, 9, ("v",), -1)
+
+    record = ring.readers[0].poll()
+
+    pickled = bytes(record[PRELUDE.size :])
+    assert bytes(record[: PRELUDE.size]) == prelude(3, 9, len(pickled))
+    assert stdlib_pickle.loads(pickled) == ("v",)
 
 
 def test_take_lets_a_keyboard_interrupt_raised_by_loads_through_and_the_record_stays_unread(

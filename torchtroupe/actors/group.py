@@ -26,7 +26,7 @@ from ..transport.codec import TARGET_ALL, EncodedMessage, send_encoded
 from .actor import check_call
 from .messages import CALL, RUN
 from .router import CallSlot
-from .runtime import DEAD, GroupRuntime
+from .runtime import DEAD, READY, GroupRuntime
 
 _TRANSITION_WAIT_S = 0.01
 
@@ -125,6 +125,39 @@ class ActorGroup:
                 runtime.send_lock.release()
             # A rank is between incarnations (its death is being recorded): wait for it.
             runtime.wait_changed(_TRANSITION_WAIT_S)
+
+    def _send_direct(
+        self, rank: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> int | None:
+        """Writes a call to ``rank`` (every rank if ``TARGET_ALL``) without waiting for
+        anything (Note [The direct path] in ``router.py``): only if the rank(s) are
+        ready, the request holds builtin values only and there is room for it in one
+        record. Returns its sequence number, or None if it was not sent (the general
+        path will send it)."""
+        runtime = self._runtime
+        lock = runtime.send_lock
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            states = runtime.states
+            if runtime.closed:
+                return None
+            if rank == TARGET_ALL:
+                if states.count(READY) != len(states):
+                    return None
+            elif states[rank] != READY:
+                return None
+            seq = next(runtime.sequence)
+            writer = runtime.end.requests
+            if writer.abort_pending:
+                return None
+            try:
+                sent = writer.ring.send_plain(rank, seq, (seq, CALL, name, args, kwargs), rank)
+            except (ChannelBrokenError, ChannelClosedError):
+                return None  # the general path says why
+            return seq if sent else None
+        finally:
+            lock.release()
 
     def _register(self, slots: list[CallSlot]) -> bool:
         """Registers every slot; a dead rank's slot fails at once with its death.
@@ -286,9 +319,23 @@ class ActorGroup:
                 failed rank (use ``except*``), raised after every rank answered or died.
             CallTimeoutError: No complete answer within ``timeout`` seconds.
         """
-        check_call(self._runtime.actor_class, name, args, kwargs)
+        runtime = self._runtime
+        check_call(runtime.actor_class, name, args, kwargs)
         deadline = _deadline(timeout)
-        slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
+        router = runtime.router
+        slots = None
+        if router.try_exclusive(TARGET_ALL):
+            try:
+                seq = self._send_direct(TARGET_ALL, name, args, kwargs)
+                if seq is not None:
+                    answered, outcome = router.gather_direct(seq, name)
+                    if answered:
+                        return outcome  # type: ignore[no-any-return]
+                    slots = outcome
+            finally:
+                router.release_pump()
+        if slots is None:
+            slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
         self._wait(slots, deadline, timeout, name)
         return self._gather(slots, name)
 
@@ -400,9 +447,27 @@ class ActorRef:
             CallTimeoutError: No answer within ``timeout`` seconds.
         """
         group = self._group
-        check_call(group._runtime.actor_class, name, args, kwargs)
+        runtime = group._runtime
+        check_call(runtime.actor_class, name, args, kwargs)
         deadline = _deadline(timeout)
-        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
+        rank = self.rank
+        router = runtime.router
+        slot = None
+        if router.try_exclusive(rank):
+            try:
+                seq = group._send_direct(rank, name, args, kwargs)
+                if seq is not None:
+                    answered, outcome = router.answer_direct(rank, seq, name)
+                    if answered:
+                        return outcome
+                    slot = outcome
+            finally:
+                router.release_pump()
+        slots = (
+            [slot]
+            if slot is not None
+            else group._call_slots(CALL, name, [rank], None, args, kwargs, deadline)
+        )
         group._wait(slots, deadline, timeout, name)
         return slots[0].outcome()
 

@@ -25,7 +25,6 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pickle import loads
 from typing import Any, NoReturn
 
 import cloudpickle
@@ -37,12 +36,13 @@ from ..transport.codec import (
     EncodedMessage,
     Encoder,
     decode,
+    loads,
     peek_target,
     send_encoded,
 )
 from ..transport.fdpass import FdChannel
 from ..transport.mailbox import MailboxLayout, RankEnd
-from ..transport.stream import MessageAbortedError
+from ..transport.stream import IncomingMessage, MessageAbortedError
 from ..transport.waiting import WaitStrategy, spin_window_s
 from .actor import Actor, fatal_hook
 from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED
@@ -137,6 +137,11 @@ class RankRuntime:
     def reply(self, seq: int, kind: int, value: Any) -> None:
         """Sends ``Reply(seq, kind, value)``; a value that cannot be pickled becomes an
         error reply."""
+        replies = self.end.replies
+        if not replies.abort_pending and replies.ring.send_plain(
+            TARGET_ALL, seq, (seq, kind, value), -1
+        ):
+            return  # the hot path: pickled and written in one call of the ring core
         try:
             message = self.encoder.encode_compact((seq, kind, value), tag=seq)
         except TypeError as error:
@@ -146,7 +151,7 @@ class RankRuntime:
             message = self.encoder.encode_compact((seq, ERROR, failure), tag=seq)
         if isinstance(message, EncodedMessage) and message.fds:
             self.fds.send(seq, message.fds)  # before the reply is published
-        send_encoded(self.end.replies, message, TARGET_ALL, seq, deadline=None)
+        send_encoded(replies, message, TARGET_ALL, seq, deadline=None)
 
     def die(self, reason: str) -> NoReturn:
         """Records ``reason``, signals the supervisor and exits (see ``tt.fatal``)."""
@@ -177,28 +182,51 @@ class RankRuntime:
 
     def serve(self) -> None:
         """Answers requests one at a time until a STOP request."""
-        while self.serve_one():
-            pass
+        ring = self.end.requests.ring
+        rank = self.boot.rank
+        spin_s = self.end.strategy.spin_s
+        while True:
+            taken = ring.take(loads, rank)
+            if taken is None:
+                if not ring.spin(spin_s):  # in the ring core: the reply's latency
+                    ring.wait(deadline=None)
+                continue
+            if type(taken) is tuple and len(taken) == 5 and taken[1] == CALL:
+                # The hot path: a call in one record, without tensors.
+                self._last_request = taken
+                self.handle(*taken)
+            elif not self.serve_one(taken):
+                return
 
-    def serve_one(self) -> bool:
+    def serve_one(self, taken: tuple[Any, ...] | memoryview | None = None) -> bool:
         """Waits for the next request for this rank and answers it. Returns False after
-        a STOP request."""
+        a STOP request.
+
+        Args:
+            taken: What the request ring's ``take`` returned, if the caller read it.
+        """
         requests = self.end.requests
         rank = self.boot.rank
-        taken = requests.take(loads, rank)
-        while taken is None:
-            requests.ring.wait(deadline=None)
-            taken = requests.take(loads, rank)
+        message: tuple[Any, ...] | IncomingMessage | None = None
         if isinstance(taken, tuple):
-            request: Any = taken  # one record without tensors: the hot path
+            message = taken
+        elif taken is not None:
+            message = requests.message_from(taken)
+        if message is None:
+            message = requests.take(loads, rank)
+        while message is None:
+            requests.ring.wait(deadline=None)
+            message = requests.take(loads, rank)
+        if isinstance(message, tuple):
+            request: Any = message  # one record without tensors: the hot path
             tag = NO_SEQ
         else:
-            target, tag = peek_target(taken)
+            target, tag = peek_target(message)
             if target != TARGET_ALL and target != rank:
-                taken.finish()
+                message.finish()
                 return True
             try:
-                request = decode(taken, self._claim_fds)
+                request = decode(message, self._claim_fds)
             except MessageAbortedError:
                 return True
             except Exception as error:

@@ -12,6 +12,9 @@ that the pumping thread notifies after each dispatch and when it lets go, so one
 of them takes over. Futures of asynchronous calls that nobody waits on are served
 by a background thread that pumps only while such calls are outstanding.
 
+A call to one rank with nothing else outstanding takes a shorter way, the *direct
+path*: see Note [The direct path].
+
 A rank's death is queued by the monitor thread, which also marks the rank's reply
 ring broken (waking the pump). The pump drains every complete reply the rank wrote
 before it died, then fails the rank's remaining calls with ActorDiedError. So a
@@ -26,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from pickle import loads
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
@@ -37,12 +39,30 @@ from ..errors import (
     ChannelClosedError,
     GroupClosedError,
 )
-from ..transport.codec import TARGET_ALL, decode, peek_target
+from ..transport.codec import TARGET_ALL, decode, loads, peek_target
 from ..transport.mailbox import CallerEnd
 from ..transport.ring import RingReader, spin_any, take_each
 from ..transport.stream import IncomingMessage, MessageAbortedError, MessageReader
 from ..transport.waiting import wait_until
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
+
+# Note [The direct path]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# A call to one rank, when no other call is outstanding, needs none of the pump's
+# bookkeeping: no slot, no dict, no condition. The caller takes the pump first
+# (try_exclusive), writes its request, and reads the rank's reply ring itself
+# (answer_direct), for at most the spin window. Holding the pump is what makes this
+# safe: nobody else can take the reply, and a death of the rank is processed only
+# once the pump is let go.
+#
+# Anything unusual ends the direct path *after* registering the call's slot, so the
+# general path takes over with nothing lost: no reply within the spin window, a reply
+# that is not this call's (another thread's, one carrying tensors), a broken ring.
+# A reply that belongs to someone else is dispatched as the pump would.
+#
+# The request is written without ever blocking (ring full: general path), because the
+# pump's holder must not wait on a rank that may itself wait for the pump to drain
+# its reply ring.
 
 _SLICE_S = 0.05
 logger = logging.getLogger(__name__)
@@ -280,6 +300,117 @@ class ReplyRouter:
     def _has_work(self) -> bool:
         return bool(self._deaths) or self._closed or spin_any(self._spin_readers, 0.0)
 
+    # -- the direct path (Note [The direct path]) -------------------------------------
+
+    def try_exclusive(self, rank: int) -> bool:
+        """Takes the pump for a direct call to ``rank`` (every rank if ``TARGET_ALL``):
+        only if no call is outstanding, no death is queued, the rank(s) are readable
+        and no other thread pumps. If True, call :meth:`release_pump` when done."""
+        if self._pending or self._deaths or self._closed:
+            return False
+        if not self._pump.acquire(blocking=False):
+            return False
+        self._pump_owner = threading.get_ident()
+        # Read under the pump: only its holder processes deaths, which change these.
+        readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
+        if readable and not self._deaths and not self._closed:
+            return True
+        self._release_pump()
+        return False
+
+    def answer_direct(self, rank: int, seq: int, name: str) -> tuple[bool, Any]:
+        """Reads the reply to request ``seq`` from ``rank``'s ring; call holding the pump
+        (:meth:`try_exclusive`) right after writing the request.
+
+        Returns:
+            ``(True, value)``: the endpoint's result. ``(False, slot)``: the call goes
+            on on the general path; ``slot`` is registered, to :meth:`wait` for once
+            the pump is let go.
+
+        Raises:
+            Exception: What the endpoint raised, rebuilt (see ``_dispatch_batch``).
+            GroupClosedError: The group was shut down meanwhile.
+        """
+        reader = self._end.replies[rank]
+        ring = reader.ring
+        try:
+            taken = ring.take(loads, TARGET_ALL)
+            if taken is None and ring.spin(self._end.strategy.spin_s):
+                taken = ring.take(loads, TARGET_ALL)
+        except (ChannelBrokenError, ChannelClosedError):
+            taken = None  # the pump will see why, and process the death
+        if type(taken) is tuple and len(taken) == 3 and taken[0] == seq:
+            kind = taken[1]
+            if kind == RESULT:
+                return True, taken[2]
+            if kind == ERROR:
+                raise self._remote_error(rank, name, taken[2])
+        slot = CallSlot(seq, rank, name)
+        if self.register_all([slot]):
+            raise GroupClosedError("the group was shut down")
+        if isinstance(taken, tuple):
+            self._dispatch_batch([(rank, taken)])
+        elif taken is not None:
+            self._dispatch_record(rank, reader, taken)
+        return False, slot
+
+    def gather_direct(self, seq: int, name: str) -> tuple[bool, Any]:
+        """Reads every rank's reply to broadcast ``seq``; call holding the pump
+        (:meth:`try_exclusive` for every rank) right after writing the request.
+
+        Returns:
+            ``(True, results)``: every rank's result, in rank order. ``(False, slots)``:
+            the broadcast goes on on the general path (a rank raised, or was late);
+            ``slots`` (one per rank) are resolved or registered, to :meth:`wait` for
+            once the pump is let go.
+
+        Raises:
+            GroupClosedError: The group was shut down meanwhile.
+        """
+        readers = self._spin_readers  # every rank's, in rank order: all are readable
+        results: list[Any] = [None] * len(readers)
+        answered = [False] * len(readers)
+        missing = len(readers)
+        spin_s = self._end.strategy.spin_s
+        taken: list[tuple[int, tuple[Any, ...] | memoryview]] = []
+        while missing:
+            taken = take_each(readers, loads, TARGET_ALL)
+            if not taken and spin_any(readers, spin_s):
+                taken = take_each(readers, loads, TARGET_ALL)
+            if not taken:
+                break  # late, or a ring broke: the general path waits
+            for position, (rank, item) in enumerate(taken):
+                if (
+                    type(item) is not tuple
+                    or len(item) != 3
+                    or item[0] != seq
+                    or item[1] != RESULT
+                    or answered[rank]
+                ):
+                    taken = taken[position:]  # the general path dispatches the rest
+                    break
+                results[rank] = item[2]
+                answered[rank] = True
+                missing -= 1
+            else:
+                taken = []
+                continue
+            break
+        if not missing:
+            return True, results
+        slots = [CallSlot(seq, rank, name) for rank in range(len(readers))]
+        for slot in slots:
+            if answered[slot.rank]:
+                slot.resolve(results[slot.rank], None)
+        if self.register_all([slot for slot in slots if not slot.done]):
+            raise GroupClosedError("the group was shut down")
+        self._dispatch_taken(taken)
+        return False, slots
+
+    def release_pump(self) -> None:
+        """Lets go of the pump taken by :meth:`try_exclusive`."""
+        self._release_pump()
+
     # -- draining -------------------------------------------------------------------
 
     def _drain(self) -> bool:
@@ -305,11 +436,16 @@ class ReplyRouter:
                 continue
             self._dispatch_batch(batch)  # what came before it, first
             batch = []
-            message = reader.message_from(item)
-            if message is not None:
-                self._decode_and_dispatch(rank, message)
-            self._drain_rank(rank, reader)
+            self._dispatch_record(rank, reader, item)
         self._dispatch_batch(batch)
+
+    def _dispatch_record(self, rank: int, reader: MessageReader, record: memoryview) -> None:
+        """Decodes a record ``take`` left to the general path and dispatches it, then
+        reads the rest of that rank's ring the slow way."""
+        message = reader.message_from(record)
+        if message is not None:
+            self._decode_and_dispatch(rank, message)
+        self._drain_rank(rank, reader)
 
     def _drain_rank(self, rank: int, reader: MessageReader) -> None:
         """Reads and dispatches the replies waiting on one rank's ring, one by one."""
@@ -366,17 +502,20 @@ class ReplyRouter:
             if kind == RESULT:
                 slot.resolve(value, None)
             elif kind == ERROR:
-                error = value
-                if isinstance(error, RemoteFailure):
-                    error = rebuild(error)
-                    error.add_note(f"raised in {self._describe(rank)}, endpoint {slot.name!r}")
-                slot.resolve(None, error)
+                slot.resolve(None, self._remote_error(rank, slot.name, value))
             else:
                 slot.resolve(Reply(slot.seq, kind, value), None)
         for rank, reply in control:
             self._on_control(rank, reply)
         if self._sleepers:
             self._notify()
+
+    def _remote_error(self, rank: int, endpoint: str, error: Any) -> BaseException:
+        """The exception an ERROR reply carries, rebuilt as its own type with a note."""
+        if isinstance(error, RemoteFailure):
+            error = rebuild(error)
+            error.add_note(f"raised in {self._describe(rank)}, endpoint {endpoint!r}")
+        return error  # type: ignore[no-any-return]
 
     # -- deaths ---------------------------------------------------------------------
 

@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_plainpickle.h"
+
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the prelude is little-endian and the futex watches the bell word's low half");
 
@@ -55,6 +57,8 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 #define PRELUDE_WORDS 5
 #define PRELUDE_BYTES (8 * PRELUDE_WORDS)
 
+static PyObject *fast_loads;  /* this module's loads() */
+static PyObject *stock_loads; /* pickle.loads */
 static PyObject *closed_error; /* torchtroupe.errors.ChannelClosedError */
 static PyObject *broken_error; /* torchtroupe.errors.ChannelBrokenError */
 
@@ -527,57 +531,91 @@ done:
     return result;
 }
 
+/* Writes a message without tensors (prelude and pickle) as one record, if it fits a
+ * record and there is room now: a new reference to True, to False (nothing written),
+ * or NULL with an exception. */
+static PyObject *writer_put_message(WriterCore *self, long long target, long long tag,
+                                    const char *pickle, Py_ssize_t pickle_len, long long wake) {
+    uint64_t nbytes = PRELUDE_BYTES + (uint64_t)pickle_len;
+    if (nbytes > self->max_payload) {
+        Py_RETURN_FALSE;
+    }
+    char *payload = writer_try_reserve(self, nbytes);
+    if (payload == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    uint64_t prelude[PRELUDE_WORDS] = {(uint64_t)target, (uint64_t)tag, 0, 0,
+                                       (uint64_t)pickle_len};
+    memcpy(payload, prelude, PRELUDE_BYTES);
+    memcpy(payload + PRELUDE_BYTES, pickle, (size_t)pickle_len);
+    writer_publish(self, nbytes, KIND_DATA, 0, wake);
+    Py_RETURN_TRUE;
+}
+
+/* Parses the (target, tag, ..., wake) arguments of send_message and send_plain. */
+static int parse_message_args(WriterCore *self, PyObject *const *args, Py_ssize_t nargs,
+                              const char *usage, long long *target, long long *tag,
+                              long long *wake) {
+    if (writer_check(self) < 0) {
+        return -1;
+    }
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "%s takes 4 arguments", usage);
+        return -1;
+    }
+    *target = PyLong_AsLongLong(args[0]);
+    if (*target == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *tag = PyLong_AsLongLong(args[1]);
+    if (*tag == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *wake = PyLong_AsLongLong(args[3]);
+    if ((*wake == -1 && PyErr_Occurred()) || check_wake(self, *wake) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 /* send_message(target, tag, pickle, wake) -> bool: a message without tensors as one
  * record, prelude and pickle, if it fits a record and there is room now. False:
  * nothing was written; use codec.py's general path. */
 static PyObject *writer_send_message_py(WriterCore *self, PyObject *const *args,
                                         Py_ssize_t nargs) {
-    if (writer_check(self) < 0) {
-        return NULL;
-    }
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "send_message(target, tag, pickle, wake) takes 4 arguments");
-        return NULL;
-    }
-    long long target = PyLong_AsLongLong(args[0]);
-    if (target == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    long long tag = PyLong_AsLongLong(args[1]);
-    if (tag == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    long long wake = PyLong_AsLongLong(args[3]);
-    if ((wake == -1 && PyErr_Occurred()) || check_wake(self, wake) < 0) {
+    long long target, tag, wake;
+    if (parse_message_args(self, args, nargs, "send_message(target, tag, pickle, wake)", &target,
+                           &tag, &wake) < 0) {
         return NULL;
     }
     Py_buffer pickle;
     if (PyObject_GetBuffer(args[2], &pickle, PyBUF_C_CONTIGUOUS) < 0) {
         return NULL;
     }
-    uint64_t nbytes = PRELUDE_BYTES + (uint64_t)pickle.len;
-    PyObject *result = NULL;
-    if (nbytes > self->max_payload) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
-    char *payload = writer_try_reserve(self, nbytes);
-    if (payload == NULL) {
-        if (!PyErr_Occurred()) {
-            result = Py_NewRef(Py_False);
-        }
-        goto done;
-    }
-    uint64_t prelude[PRELUDE_WORDS] = {(uint64_t)target, (uint64_t)tag, 0, 0,
-                                       (uint64_t)pickle.len};
-    memcpy(payload, prelude, PRELUDE_BYTES);
-    memcpy(payload + PRELUDE_BYTES, pickle.buf, (size_t)pickle.len);
-    writer_publish(self, nbytes, KIND_DATA, 0, wake);
-    result = Py_NewRef(Py_True);
-done:
+    PyObject *result = writer_put_message(self, target, tag, pickle.buf, pickle.len, wake);
     PyBuffer_Release(&pickle);
     return result;
+}
+
+/* send_plain(target, tag, obj, wake) -> bool: send_message of obj's pickle, if obj
+ * is a plain value (_plainpickle.h) whose pickle is short; pickled here, in C. False:
+ * nothing was written (not plain, too long, no room); use the general path. */
+static PyObject *writer_send_plain_py(WriterCore *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    long long target, tag, wake;
+    if (parse_message_args(self, args, nargs, "send_plain(target, tag, obj, wake)", &target, &tag,
+                           &wake) < 0) {
+        return NULL;
+    }
+    char pickle[PLAIN_DUMP_MAX];
+    Py_ssize_t length = plain_dump(args[2], pickle);
+    if (length == 0) {
+        Py_RETURN_FALSE;
+    }
+    return writer_put_message(self, target, tag, pickle, length, wake);
 }
 
 static PyObject *writer_cancel_py(WriterCore *self, PyObject *Py_UNUSED(ignored)) {
@@ -665,6 +703,9 @@ static PyMethodDef writer_methods[] = {
     {"send_message", (PyCFunction)(void (*)(void))writer_send_message_py, METH_FASTCALL,
      "send_message(target, tag, pickle, wake) -> bool: a message without tensors as one "
      "record now, or False (nothing written)."},
+    {"send_plain", (PyCFunction)(void (*)(void))writer_send_plain_py, METH_FASTCALL,
+     "send_plain(target, tag, obj, wake) -> bool: send_message of obj pickled here, if it "
+     "is a short plain value; or False (nothing written)."},
     {"cancel", (PyCFunction)writer_cancel_py, METH_NOARGS,
      "cancel(): forgets an uncommitted reservation (nothing is published)."},
     {"floor", (PyCFunction)writer_floor_py, METH_NOARGS,
@@ -911,13 +952,20 @@ static PyObject *reader_take_one(ReaderCore *self, PyObject *loads, long long ra
             reader_release(self);
             continue;
         }
-        PyObject *pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES,
-                                                   (Py_ssize_t)prelude[4], PyBUF_READ);
-        if (pickle == NULL) {
-            return NULL;
+        PyObject *value = NULL;
+        if (loads == fast_loads) { /* this module's loads(): plain pickles in C */
+            value = plain_load(payload + PRELUDE_BYTES, (Py_ssize_t)prelude[4]);
+            loads = stock_loads;
         }
-        PyObject *value = PyObject_CallOneArg(loads, pickle);
-        Py_DECREF(pickle);
+        if (value == NULL) {
+            PyObject *pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES,
+                                                       (Py_ssize_t)prelude[4], PyBUF_READ);
+            if (pickle == NULL) {
+                return NULL;
+            }
+            value = PyObject_CallOneArg(loads, pickle);
+            Py_DECREF(pickle);
+        }
         if (value == NULL && !PyErr_ExceptionMatches(PyExc_Exception)) {
             /* KeyboardInterrupt, SystemExit: the record stays unread for the next call */
             self->pending = 0;
@@ -1138,8 +1186,6 @@ done:
  * lists and dicts of them: values that every pickler writes the same way, without
  * consulting reducer_override (codec.py's fast path). Gives up (0) past `budget`
  * objects or PLAIN_MAX_DEPTH levels. */
-#define PLAIN_MAX_DEPTH 8
-
 static int plain_walk(PyObject *obj, Py_ssize_t *budget, int depth) {
     if (--*budget < 0 || depth > PLAIN_MAX_DEPTH) {
         return 0;
@@ -1259,6 +1305,27 @@ static PyObject *module_take_each(PyObject *Py_UNUSED(module), PyObject *const *
     return taken;
 }
 
+/* loads(data): pickle.loads, for plain values without its set-up (_plainpickle.h). */
+static PyObject *module_loads(PyObject *Py_UNUSED(module), PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    PyObject *value = plain_load(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return value != NULL ? value : PyObject_CallOneArg(stock_loads, data);
+}
+
+/* plain_dumps(obj) -> bytes | None: the pickle send_plain() would write, or None. */
+static PyObject *module_plain_dumps(PyObject *Py_UNUSED(module), PyObject *obj) {
+    char pickle[PLAIN_DUMP_MAX];
+    Py_ssize_t length = plain_dump(obj, pickle);
+    if (length == 0) {
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize(pickle, length);
+}
+
 static PyObject *module_set_errors(PyObject *Py_UNUSED(module), PyObject *args) {
     PyObject *closed, *broken;
     if (!PyArg_ParseTuple(args, "OO", &closed, &broken)) {
@@ -1284,6 +1351,10 @@ static PyMethodDef module_methods[] = {
      "take_each(readers, loads, rank) -> list[(index, tuple | memoryview)]: take() on "
      "each reader until it has nothing more (a record left to the general path ends its "
      "turn)."},
+    {"loads", module_loads, METH_O,
+     "loads(data): pickle.loads, for plain values in C; take() with it unpickles in place."},
+    {"plain_dumps", module_plain_dumps, METH_O,
+     "plain_dumps(obj) -> bytes | None: obj pickled in C if it is a short plain value."},
     {"set_errors", module_set_errors, METH_VARARGS,
      "set_errors(closed, broken): the exceptions poll() raises for a closed or broken ring."},
     {NULL, NULL, 0, NULL},
@@ -1307,6 +1378,18 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
     }
     if (PyModule_AddObjectRef(module, "WriterCore", (PyObject *)&WriterCoreType) < 0 ||
         PyModule_AddObjectRef(module, "ReaderCore", (PyObject *)&ReaderCoreType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    PyObject *pickle_module = PyImport_ImportModule("pickle");
+    if (pickle_module == NULL) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_XSETREF(stock_loads, PyObject_GetAttrString(pickle_module, "loads"));
+    Py_DECREF(pickle_module);
+    Py_XSETREF(fast_loads, PyObject_GetAttrString(module, "loads"));
+    if (stock_loads == NULL || fast_loads == NULL) {
         Py_DECREF(module);
         return NULL;
     }

@@ -10,6 +10,7 @@ built, or with ``TORCHTROUPE_NATIVE=0``; it is several times slower per message.
 
 from __future__ import annotations
 
+import pickle
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -239,6 +240,12 @@ class WriterCore:
         prelude = _PRELUDE.pack(target, tag, 0, 0, len(pickle))
         return self.send((prelude, pickle), len(prelude) + len(pickle), wake)
 
+    def send_plain(self, target: int, tag: int, obj: object, wake: int) -> bool:
+        """:meth:`send_message` of ``obj``'s pickle, if it is a plain value whose pickle
+        :func:`plain_dumps` writes; False: nothing was written."""
+        payload = plain_dumps(obj)
+        return payload is not None and self.send_message(target, tag, payload, wake)
+
     def notify_all(self) -> None:
         """Wakes every parked reader."""
         full_fence()
@@ -460,3 +467,23 @@ def is_plain(obj: object, budget: int) -> bool:
         return False
 
     return walk(obj, 0)
+
+
+PLAIN_BUDGET = 64
+"""Objects a plain value may hold (``plain_dumps``, ``send_plain``)."""
+_PLAIN_DUMP_MAX = 4096
+
+
+def plain_dumps(obj: object) -> bytes | None:
+    """The pickle of ``obj`` if it is a plain value (:func:`is_plain`) whose pickle is
+    at most 4 KiB, else None (the compiled core writes it in C, and also declines a
+    list or dict held twice, an int past 64 bits and a str with lone surrogates)."""
+    if not is_plain(obj, PLAIN_BUDGET):
+        return None
+    payload = pickle.dumps(obj, 5)
+    return payload if len(payload) <= _PLAIN_DUMP_MAX else None
+
+
+loads = pickle.loads
+"""``pickle.loads``; the compiled core's reads plain values in C, and its ``take``
+unpickles in place when given it."""

@@ -51,10 +51,12 @@ from .stream import IncomingMessage, MessageWriter
 
 if TYPE_CHECKING:
     from ._ringcore_py import is_plain
+    from ._ringcore_py import loads as loads
+    from ._ringcore_py import plain_dumps as plain_dumps
 else:
     from .core import core
 
-    is_plain = core.is_plain
+    is_plain, loads, plain_dumps = core.is_plain, core.loads, core.plain_dumps
 
 TARGET_ALL = -1
 _BASE_ALIGNMENT = 64

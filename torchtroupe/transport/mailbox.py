@@ -155,5 +155,6 @@ class RankEnd:
         self, layout: MailboxLayout, rank: int, strategy: WaitStrategy = DEFAULT_STRATEGY
     ) -> None:
         self.rank = rank
+        self.strategy = strategy
         self.requests = MessageReader(RingReader(layout.request_ring(), rank, strategy))
         self.replies = MessageWriter(RingWriter(layout.reply_ring(rank), strategy))
