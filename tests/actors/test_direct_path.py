@@ -54,7 +54,7 @@ def mailbox() -> Iterator[Mailbox]:
 def _answer(router: ReplyRouter, rank: int, seq: int) -> tuple[bool, Any]:
     assert router.try_exclusive(rank)
     try:
-        return router.answer_direct(rank, seq, "echo")
+        return router.answer_direct(rank, seq, "echo", None)
     finally:
         router.release_pump()
 
@@ -155,7 +155,7 @@ def test_another_threads_reply_read_on_the_direct_path_reaches_its_call(mailbox:
         assert mailbox.router.register(other)
         mailbox.reply(0, 2, RESULT, "theirs")
         mailbox.reply(0, 3, RESULT, "mine")
-        answered, mine = mailbox.router.answer_direct(0, 3, "echo")
+        answered, mine = mailbox.router.answer_direct(0, 3, "echo", None)
     finally:
         mailbox.router.release_pump()
 
@@ -170,7 +170,7 @@ def test_another_threads_reply_read_on_the_direct_path_reaches_its_call(mailbox:
 def _gather(router: ReplyRouter, seq: int) -> tuple[bool, Any]:
     assert router.try_exclusive(TARGET_ALL)
     try:
-        return router.gather_direct(seq, "echo")
+        return router.gather_direct(seq, "echo", None)
     finally:
         router.release_pump()
 
@@ -246,3 +246,22 @@ def test_a_broadcast_where_ranks_answer_at_different_times_keeps_rank_order() ->
             group.broadcast("fail_on_rank", 1, 0.05, timeout=SHORT_TIMEOUT)
         assert [type(error) for error in caught.value.exceptions] == [ValueError]
         assert group.broadcast("echo", "after", timeout=SHORT_TIMEOUT) == ["after"] * 3
+
+
+def test_a_call_or_broadcast_with_timeout_zero_times_out_even_with_the_answer_at_hand() -> None:
+    with tt.spawn(Echo, world_size=2, timeout=LONG_TIMEOUT) as group:
+        with pytest.raises(tt.CallTimeoutError):
+            group[0].call("echo", 1, timeout=0)
+        with pytest.raises(tt.CallTimeoutError):
+            group.broadcast("echo", 1, timeout=0)
+        assert group[0].call("echo", 2, timeout=SHORT_TIMEOUT) == 2
+
+
+def test_a_group_that_gave_up_refuses_calls_while_its_ranks_are_still_being_stopped() -> None:
+    with tt.spawn(Echo, world_size=2, timeout=LONG_TIMEOUT) as group:
+        # The moment between a give-up being recorded and the ranks being stopped.
+        group._runtime.gave_up = tt.SupervisionError("gave up after too many restarts")
+        with pytest.raises(tt.GroupClosedError, match="gave up"):
+            group[0].call("echo", 1, timeout=SHORT_TIMEOUT)
+        with pytest.raises(tt.GroupClosedError, match="gave up"):
+            group.broadcast("echo", 1, timeout=SHORT_TIMEOUT)

@@ -173,11 +173,24 @@ def outcome(loads: Any, data: bytes) -> tuple[str, Any]:
         return "raised", type(error)
 
 
-@pytest.mark.parametrize(
-    "odd",
-    [b"", b"\x80\x05K", b"\x80\x05K\x01K\x02.", b"\x80\x05(K\x01.", b"\x80\x05e.", b"\x80\x09N."],
-    ids=["empty", "truncated", "two-left", "mark-left", "appends-without-list", "protocol-9"],
-)
+ODD_PICKLES = {
+    "empty": b"",
+    "truncated": b"\x80\x05K",
+    "two-left": b"\x80\x05K\x01K\x02.",
+    "mark-left": b"\x80\x05(K\x01.",
+    "appends-without-list": b"\x80\x05e.",
+    "protocol-9": b"\x80\x09N.",
+    "append-below-mark": b"\x80\x05](K\x01a(e.",
+    "setitem-below-mark": b"\x80\x05}(K\x01K\x02s(u.",
+    "memoize-on-a-mark": b"\x80\x05K\x01(\x94h\x00t\x86.",
+    "tuple2-below-mark": b"\x80\x05]K\x01(\x86K\x02(e.",
+    "memoize-after-binput": b"\x80\x05K\x01q\x01K\x02\x94h\x01\x87.",
+    "frame-past-the-end": b"\x80\x05\x95\x00\x01\x00\x00\x00\x00\x00\x00N.",
+    "binget-unset": b"\x80\x05h\x03.",
+}
+
+
+@pytest.mark.parametrize("odd", ODD_PICKLES.values(), ids=ODD_PICKLES.keys())
 def test_loads_does_what_pickle_loads_does_with_an_odd_pickle(core: ModuleType, odd: bytes) -> None:
     # The stock loads forgives some of these (it returns the top of the stack).
     assert outcome(core.loads, odd) == outcome(pickle.loads, odd)

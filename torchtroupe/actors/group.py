@@ -40,6 +40,11 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
+def _before(deadline: float | None) -> bool:
+    """Whether ``deadline`` is still ahead (a call with ``timeout=0`` times out unanswered)."""
+    return deadline is None or time.monotonic() < deadline
+
+
 def _callable_name(function: Callable[..., Any]) -> str:
     if not callable(function):
         raise TypeError(f"run() needs a callable, not {type(function).__name__}")
@@ -140,8 +145,8 @@ class ActorGroup:
             return None
         try:
             states = runtime.states
-            if runtime.closed:
-                return None
+            if runtime.closed or runtime.gave_up is not None:
+                return None  # the general path raises the right error
             if rank == TARGET_ALL:
                 if states.count(READY) != len(states):
                     return None
@@ -324,11 +329,11 @@ class ActorGroup:
         deadline = _deadline(timeout)
         router = runtime.router
         slots = None
-        if router.try_exclusive(TARGET_ALL):
+        if _before(deadline) and router.try_exclusive(TARGET_ALL):
             try:
                 seq = self._send_direct(TARGET_ALL, name, args, kwargs)
                 if seq is not None:
-                    answered, outcome = router.gather_direct(seq, name)
+                    answered, outcome = router.gather_direct(seq, name, deadline)
                     if answered:
                         return outcome  # type: ignore[no-any-return]
                     slots = outcome
@@ -453,11 +458,11 @@ class ActorRef:
         rank = self.rank
         router = runtime.router
         slot = None
-        if router.try_exclusive(rank):
+        if _before(deadline) and router.try_exclusive(rank):
             try:
                 seq = group._send_direct(rank, name, args, kwargs)
                 if seq is not None:
-                    answered, outcome = router.answer_direct(rank, seq, name)
+                    answered, outcome = router.answer_direct(rank, seq, name, deadline)
                     if answered:
                         return outcome
                     slot = outcome

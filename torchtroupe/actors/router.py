@@ -233,7 +233,11 @@ class ReplyRouter:
     def _take_pump(self) -> bool:
         if not self._pump.acquire(blocking=False):
             return False
-        self._pump_owner = threading.get_ident()
+        try:
+            self._pump_owner = threading.get_ident()
+        except BaseException:  # an interrupt right after the acquire must not keep it
+            self._pump.release()
+            raise
         return True
 
     def _release_pump(self) -> None:
@@ -308,9 +312,8 @@ class ReplyRouter:
         and no other thread pumps. If True, call :meth:`release_pump` when done."""
         if self._pending or self._deaths or self._closed:
             return False
-        if not self._pump.acquire(blocking=False):
+        if not self._take_pump():
             return False
-        self._pump_owner = threading.get_ident()
         # Read under the pump: only its holder processes deaths, which change these.
         readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
         if readable and not self._deaths and not self._closed:
@@ -318,7 +321,16 @@ class ReplyRouter:
         self._release_pump()
         return False
 
-    def answer_direct(self, rank: int, seq: int, name: str) -> tuple[bool, Any]:
+    def _direct_spin_s(self, deadline: float | None) -> float:
+        """The spin window of a direct call, cut short by its deadline."""
+        spin_s = self._end.strategy.spin_s
+        if deadline is None:
+            return spin_s
+        return max(0.0, min(spin_s, deadline - time.monotonic()))
+
+    def answer_direct(
+        self, rank: int, seq: int, name: str, deadline: float | None
+    ) -> tuple[bool, Any]:
         """Reads the reply to request ``seq`` from ``rank``'s ring; call holding the pump
         (:meth:`try_exclusive`) right after writing the request.
 
@@ -335,7 +347,7 @@ class ReplyRouter:
         ring = reader.ring
         try:
             taken = ring.take(loads, TARGET_ALL)
-            if taken is None and ring.spin(self._end.strategy.spin_s):
+            if taken is None and ring.spin(self._direct_spin_s(deadline)):
                 taken = ring.take(loads, TARGET_ALL)
         except (ChannelBrokenError, ChannelClosedError):
             taken = None  # the pump will see why, and process the death
@@ -354,7 +366,7 @@ class ReplyRouter:
             self._dispatch_record(rank, reader, taken)
         return False, slot
 
-    def gather_direct(self, seq: int, name: str) -> tuple[bool, Any]:
+    def gather_direct(self, seq: int, name: str, deadline: float | None) -> tuple[bool, Any]:
         """Reads every rank's reply to broadcast ``seq``; call holding the pump
         (:meth:`try_exclusive` for every rank) right after writing the request.
 
@@ -371,11 +383,10 @@ class ReplyRouter:
         results: list[Any] = [None] * len(readers)
         answered = [False] * len(readers)
         missing = len(readers)
-        spin_s = self._end.strategy.spin_s
         taken: list[tuple[int, tuple[Any, ...] | memoryview]] = []
         while missing:
             taken = take_each(readers, loads, TARGET_ALL)
-            if not taken and spin_any(readers, spin_s):
+            if not taken and spin_any(readers, self._direct_spin_s(deadline)):
                 taken = take_each(readers, loads, TARGET_ALL)
             if not taken:
                 break  # late, or a ring broke: the general path waits

@@ -268,8 +268,13 @@ typedef struct {
     Py_ssize_t marks[LOAD_MARKS];
     int n_marks;
     PyObject *memo[LOAD_MEMO];
-    Py_ssize_t n_memo; /* entries from 0 up to here may be set */
+    Py_ssize_t n_memo;    /* entries from 0 up to here are initialised (maybe NULL) */
+    Py_ssize_t n_entries; /* entries set: where MEMOIZE puts the next one, as pickle does */
 } Loader;
+
+/* The bottom of the innermost MARK's items: as in pickle's own unpickler, nothing
+ * below it may be popped or memoized until that MARK is closed. */
+static Py_ssize_t fence(const Loader *l) { return l->n_marks > 0 ? l->marks[l->n_marks - 1] : 0; }
 
 static int take(Loader *l, size_t n, const unsigned char **bytes) {
     if ((size_t)(l->end - l->at) < n) {
@@ -308,7 +313,7 @@ static Py_ssize_t pop_mark(Loader *l) {
 
 /* The items from `from` to the top, as a tuple; they leave the stack. */
 static int push_tuple_from(Loader *l, Py_ssize_t from) {
-    if (from < 0 || from > l->depth) {
+    if (from < fence(l) || from > l->depth) {
         return 0;
     }
     Py_ssize_t n = l->depth - from;
@@ -340,8 +345,8 @@ static int load_sized(Loader *l, int length_bytes, int is_text) {
 /* APPENDS and SETITEMS: the items above the mark go into the container below it. */
 static int fill_from_mark(Loader *l, int is_dict) {
     Py_ssize_t from = pop_mark(l);
-    if (from < 1 || from > l->depth) {
-        return 0;
+    if (from < 0 || from - 1 < fence(l) || from > l->depth) {
+        return 0; /* no mark, or no container between it and the enclosing one */
     }
     PyObject *container = l->stack[from - 1];
     Py_ssize_t n = l->depth - from;
@@ -376,11 +381,14 @@ static int memo_get(Loader *l, uint64_t index) {
 }
 
 static int memo_put(Loader *l, uint64_t index) {
-    if (index >= LOAD_MEMO || l->depth == 0) {
+    if (index >= LOAD_MEMO || l->depth <= fence(l)) {
         return 0;
     }
-    while (l->n_memo <= (Py_ssize_t)index) { /* entries below n_memo are initialised */
+    while (l->n_memo <= (Py_ssize_t)index) {
         l->memo[l->n_memo++] = NULL;
+    }
+    if (l->memo[index] == NULL) {
+        l->n_entries++;
     }
     Py_XSETREF(l->memo[index], Py_NewRef(l->stack[l->depth - 1]));
     return 1;
@@ -396,8 +404,8 @@ static int step(Loader *l) {
     switch (bytes[0]) {
     case OP_PROTO:
         return take(l, 1, &bytes) && bytes[0] >= 2 && bytes[0] <= PICKLE_PROTOCOL;
-    case OP_FRAME:
-        return take(l, 8, &bytes);
+    case OP_FRAME: /* a frame may not promise more bytes than there are */
+        return take_le(l, 8, &value) && value <= (uint64_t)(l->end - l->at);
     case OP_STOP:
         return 2;
     case OP_NONE:
@@ -457,8 +465,10 @@ static int step(Loader *l) {
         }
         l->marks[l->n_marks++] = l->depth;
         return 1;
-    case OP_TUPLE:
-        return push_tuple_from(l, pop_mark(l));
+    case OP_TUPLE: {
+        Py_ssize_t from = pop_mark(l);
+        return from >= 0 && push_tuple_from(l, from);
+    }
     case OP_EMPTY_LIST:
         return push(l, PyList_New(0));
     case OP_EMPTY_DICT:
@@ -467,8 +477,8 @@ static int step(Loader *l) {
     case OP_SETITEM: {
         int is_dict = bytes[0] == OP_SETITEM;
         Py_ssize_t from = l->depth - (is_dict ? 2 : 1);
-        if (l->n_marks == LOAD_MARKS || from < 1) {
-            return 0;
+        if (l->n_marks == LOAD_MARKS || from - 1 < fence(l)) {
+            return 0; /* the item(s) and their container must lie above the fence */
         }
         l->marks[l->n_marks++] = from; /* as if a mark stood below the item(s) */
         return fill_from_mark(l, is_dict);
@@ -478,7 +488,7 @@ static int step(Loader *l) {
     case OP_SETITEMS:
         return fill_from_mark(l, 1);
     case OP_MEMOIZE:
-        return memo_put(l, (uint64_t)l->n_memo);
+        return memo_put(l, (uint64_t)l->n_entries);
     case OP_BINPUT:
         return take_le(l, 1, &value) && memo_put(l, value);
     case OP_LONG_BINPUT:
@@ -499,6 +509,7 @@ PyObject *plain_load(const char *data, Py_ssize_t length) {
     l.depth = 0;
     l.n_marks = 0;
     l.n_memo = 0;
+    l.n_entries = 0;
     int status;
     do {
         status = step(&l);
