@@ -23,7 +23,7 @@ from ..errors import (
     GroupError,
 )
 from ..transport.codec import TARGET_ALL, EncodedMessage, send_encoded
-from .actor import check_call
+from .actor import check_call, positional_ranges
 from .messages import CALL, RUN
 from .router import CallSlot
 from .runtime import DEAD, READY, GroupRuntime
@@ -38,11 +38,6 @@ def _deadline(timeout: float | None) -> float | None:
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout}")
     return None if timeout is None else time.monotonic() + timeout
-
-
-def _before(deadline: float | None) -> bool:
-    """Whether ``deadline`` is still ahead (a call with ``timeout=0`` times out unanswered)."""
-    return deadline is None or time.monotonic() < deadline
 
 
 def _callable_name(function: Callable[..., Any]) -> str:
@@ -64,6 +59,8 @@ class ActorGroup:
 
     def __init__(self, runtime: GroupRuntime) -> None:
         self._runtime = runtime
+        # The positional-argument counts each endpoint takes: check_call's common case.
+        self._arity = positional_ranges(runtime.actor_class)
         self._refs = [ActorRef(self, rank) for rank in range(runtime.world_size)]
         self._finalizer = weakref.finalize(self, _emergency_stop, runtime)
 
@@ -325,11 +322,13 @@ class ActorGroup:
             CallTimeoutError: No complete answer within ``timeout`` seconds.
         """
         runtime = self._runtime
-        check_call(runtime.actor_class, name, args, kwargs)
-        deadline = _deadline(timeout)
+        arity = self._arity.get(name)
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
+        deadline = None if timeout is None else _deadline(timeout)
         router = runtime.router
         slots = None
-        if _before(deadline) and router.try_exclusive(TARGET_ALL):
+        if (deadline is None or time.monotonic() < deadline) and router.try_exclusive(TARGET_ALL):
             try:
                 seq = self._send_direct(TARGET_ALL, name, args, kwargs)
                 if seq is not None:
@@ -451,14 +450,19 @@ class ActorRef:
             ActorDiedError: The rank died before answering.
             CallTimeoutError: No answer within ``timeout`` seconds.
         """
-        group = self._group
+        # The hot path of the library: written out flat, since every Python call costs.
+        group = self._group_ref()
+        if group is None:
+            group = self._group  # raises GroupClosedError
         runtime = group._runtime
-        check_call(runtime.actor_class, name, args, kwargs)
-        deadline = _deadline(timeout)
+        arity = group._arity.get(name)
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
+        deadline = None if timeout is None else _deadline(timeout)
         rank = self.rank
         router = runtime.router
         slot = None
-        if _before(deadline) and router.try_exclusive(rank):
+        if (deadline is None or time.monotonic() < deadline) and router.try_exclusive(rank):
             try:
                 seq = group._send_direct(rank, name, args, kwargs)
                 if seq is not None:

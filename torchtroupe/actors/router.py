@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
+from threading import get_ident
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
@@ -312,10 +313,17 @@ class ReplyRouter:
         and no other thread pumps. If True, call :meth:`release_pump` when done."""
         if self._pending or self._deaths or self._closed:
             return False
-        if not self._take_pump():
+        pump = self._pump
+        if not pump.acquire(blocking=False):
             return False
-        # Read under the pump: only its holder processes deaths, which change these.
-        readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
+        try:
+            self._pump_owner = get_ident()
+            # Read under the pump: only its holder processes deaths, which change these.
+            readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
+        except BaseException:  # an interrupt right after the acquire must not keep it
+            self._pump_owner = None
+            pump.release()
+            raise
         if readable and not self._deaths and not self._closed:
             return True
         self._release_pump()
@@ -420,7 +428,15 @@ class ReplyRouter:
 
     def release_pump(self) -> None:
         """Lets go of the pump taken by :meth:`try_exclusive`."""
-        self._release_pump()
+        if self._sleepers > 0 or self._deferred or self._deaths:
+            self._release_pump()
+            return
+        self._pump_owner = None  # the common case: nobody to notify, nothing deferred
+        self._pump.release()
+        if self._sleepers > 0:  # began waiting meanwhile
+            self._notify()
+        if self._deaths:  # queued meanwhile: must not wait for the next caller
+            self.drain_now()
 
     # -- draining -------------------------------------------------------------------
 
