@@ -142,6 +142,12 @@ class RankRuntime:
             TARGET_ALL, seq, (seq, kind, value), -1
         ):
             return  # the hot path: pickled and written in one call of the ring core
+        self._reply_general(seq, kind, value)
+
+    def _reply_general(self, seq: int, kind: int, value: Any) -> None:
+        """:meth:`reply` for a value the ring core does not pickle itself, or when the
+        reply ring has no room now."""
+        replies = self.end.replies
         try:
             message = self.encoder.encode_compact((seq, kind, value), tag=seq)
         except TypeError as error:
@@ -271,7 +277,11 @@ class RankRuntime:
             if _is_sticky_cuda_error(error):
                 self.die(f"unrecoverable CUDA error in {name!r}: {error}")
             return
-        self.reply(seq, RESULT, value)
+        replies = self.end.replies  # reply(), inline: this is every call's path
+        if replies.abort_pending or not replies.ring.send_plain(
+            TARGET_ALL, seq, (seq, RESULT, value), -1
+        ):
+            self._reply_general(seq, RESULT, value)
 
 
 def _loopback_store(boot: RankBoot) -> Any:

@@ -272,8 +272,19 @@ typedef struct {
     int64_t reserved;     /* data position of the reserved record, or -1 */
     uint64_t reserved_bytes;  /* payload bytes reserved */
     uint64_t cursor_before;   /* cursor before a PAD written by the reservation */
+    /* Each reader's doorbell, read once: the offsets sit on the readers' own lines,
+     * which they write on every record they release, so reading them per publish
+     * would pull those lines over and back each time (Note in writer_init). */
+    uint64_t **reader_bells;
     int ready;
 } WriterCore;
+
+static inline uint64_t *reader_bell(const RingHeader *ring, uint64_t reader);
+
+static void writer_dealloc(WriterCore *self) {
+    PyMem_Free(self->reader_bells);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
 
 static int writer_init(WriterCore *self, PyObject *args, PyObject *kwargs) {
     PyObject *region, *offset_object;
@@ -287,6 +298,18 @@ static int writer_init(WriterCore *self, PyObject *args, PyObject *kwargs) {
         as_u64(offset_object, &offset) < 0 || read_header(&ring, region, offset) < 0) {
         return -1;
     }
+    /* The doorbell offsets are written when the ring is formatted and never again
+     * (read_header checked them), so they are safe to keep. */
+    uint64_t **bells = PyMem_Calloc(ring.n_readers, sizeof *bells);
+    if (bells == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint64_t r = 0; r < ring.n_readers; r++) {
+        bells[r] = reader_bell(&ring, r);
+    }
+    PyMem_Free(self->reader_bells);
+    self->reader_bells = bells;
     self->ring = ring;
     self->mask = self->ring.capacity - 1;
     self->max_payload = self->ring.capacity / 4 - HEADER_BYTES;
@@ -388,12 +411,12 @@ static void writer_publish(WriterCore *self, uint64_t nbytes, uint64_t kind, int
     full_fence();
     if (wake >= 0) {
         if ((uint64_t)wake < self->ring.n_readers) {
-            notify(reader_bell(&self->ring, (uint64_t)wake));
+            notify(self->reader_bells[wake]);
         }
         return;
     }
     for (uint64_t r = 0; r < self->ring.n_readers; r++) {
-        notify(reader_bell(&self->ring, r));
+        notify(self->reader_bells[r]);
     }
 }
 
@@ -650,7 +673,7 @@ static PyObject *writer_notify_all_py(WriterCore *self, PyObject *Py_UNUSED(igno
     }
     full_fence();
     for (uint64_t r = 0; r < self->ring.n_readers; r++) {
-        notify(reader_bell(&self->ring, r));
+        notify(self->reader_bells[r]);
     }
     Py_RETURN_NONE;
 }
@@ -733,6 +756,7 @@ static PyTypeObject WriterCoreType = {
     .tp_doc = "WriterCore(region, offset): the writing end of the ring at offset of a "
               "SharedRegion.",
     .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)writer_dealloc,
     .tp_init = (initproc)writer_init,
     .tp_methods = writer_methods,
     .tp_getset = writer_getset,
