@@ -128,38 +128,59 @@ class ActorGroup:
             # A rank is between incarnations (its death is being recorded): wait for it.
             runtime.wait_changed(_TRANSITION_WAIT_S)
 
-    def _send_direct(
-        self, rank: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> int | None:
-        """Writes a call to ``rank`` (every rank if ``TARGET_ALL``) without waiting for
-        anything (Note [The direct path] in ``router.py``): only if the rank(s) are
-        ready, the request holds builtin values only and there is room for it in one
-        record. Returns its sequence number, or None if it was not sent (the general
-        path will send it)."""
+    def _call_direct(
+        self,
+        target: int,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: float | None,
+    ) -> tuple[bool, Any] | None:
+        """Calls ``name`` on rank ``target`` (every rank if ``TARGET_ALL``) on the direct
+        path (Note [The direct path] in ``router.py``): taken only if no other call is
+        outstanding, the rank(s) are ready, the request holds builtin values only and
+        fits one record with room for it now, so that writing it never waits.
+
+        Returns:
+            None if the path was not taken (nothing was sent: the general path makes the
+            call); else what ``ReplyRouter.answer_direct`` (or ``gather_direct``) returned.
+        """
         runtime = self._runtime
-        lock = runtime.send_lock
-        if not lock.acquire(blocking=False):
+        router = runtime.router
+        if deadline is not None and time.monotonic() >= deadline:
+            return None  # the general path times it out
+        if not router.try_exclusive(target):
             return None
         try:
-            states = runtime.states
-            if runtime.closed or runtime.gave_up is not None:
-                return None  # the general path raises the right error
-            if rank == TARGET_ALL:
-                if states.count(READY) != len(states):
-                    return None
-            elif states[rank] != READY:
-                return None
-            seq = next(runtime.sequence)
-            writer = runtime.end.requests
-            if writer.abort_pending:
+            lock = runtime.send_lock
+            if not lock.acquire(blocking=False):
                 return None
             try:
-                sent = writer.ring.send_plain(rank, seq, (seq, CALL, name, args, kwargs), rank)
-            except (ChannelBrokenError, ChannelClosedError):
-                return None  # the general path says why
-            return seq if sent else None
+                states = runtime.states
+                if runtime.closed or runtime.gave_up is not None:
+                    return None  # the general path raises the right error
+                if target == TARGET_ALL:
+                    if states.count(READY) != len(states):
+                        return None
+                elif states[target] != READY:
+                    return None
+                seq = next(runtime.sequence)
+                writer = runtime.end.requests
+                if writer.abort_pending:
+                    return None
+                request = (seq, CALL, name, args, kwargs)
+                try:
+                    if not writer.ring.send_plain(target, seq, request, target):
+                        return None
+                except (ChannelBrokenError, ChannelClosedError):
+                    return None  # the general path says why
+            finally:
+                lock.release()
+            if target == TARGET_ALL:
+                return router.gather_direct(seq, name, deadline)
+            return router.answer_direct(target, seq, name, deadline)
         finally:
-            lock.release()
+            router.release_pump()
 
     def _register(self, slots: list[CallSlot]) -> bool:
         """Registers every slot; a dead rank's slot fails at once with its death.
@@ -326,20 +347,14 @@ class ActorGroup:
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
         deadline = None if timeout is None else _deadline(timeout)
-        router = runtime.router
-        slots = None
-        if (deadline is None or time.monotonic() < deadline) and router.try_exclusive(TARGET_ALL):
-            try:
-                seq = self._send_direct(TARGET_ALL, name, args, kwargs)
-                if seq is not None:
-                    answered, outcome = router.gather_direct(seq, name, deadline)
-                    if answered:
-                        return outcome  # type: ignore[no-any-return]
-                    slots = outcome
-            finally:
-                router.release_pump()
-        if slots is None:
+        direct = self._call_direct(TARGET_ALL, name, args, kwargs, deadline)
+        if direct is None:
             slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
+        else:
+            answered, outcome = direct
+            if answered:
+                return outcome  # type: ignore[no-any-return]
+            slots = outcome
         self._wait(slots, deadline, timeout, name)
         return self._gather(slots, name)
 
@@ -459,24 +474,14 @@ class ActorRef:
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
         deadline = None if timeout is None else _deadline(timeout)
-        rank = self.rank
-        router = runtime.router
-        slot = None
-        if (deadline is None or time.monotonic() < deadline) and router.try_exclusive(rank):
-            try:
-                seq = group._send_direct(rank, name, args, kwargs)
-                if seq is not None:
-                    answered, outcome = router.answer_direct(rank, seq, name, deadline)
-                    if answered:
-                        return outcome
-                    slot = outcome
-            finally:
-                router.release_pump()
-        slots = (
-            [slot]
-            if slot is not None
-            else group._call_slots(CALL, name, [rank], None, args, kwargs, deadline)
-        )
+        direct = group._call_direct(self.rank, name, args, kwargs, deadline)
+        if direct is None:
+            slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
+        else:
+            answered, outcome = direct
+            if answered:
+                return outcome
+            slots = [outcome]
         group._wait(slots, deadline, timeout, name)
         return slots[0].outcome()
 
