@@ -134,7 +134,7 @@ class ActorGroup:
         name: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        deadline: float | None,
+        timeout: float | None,
     ) -> tuple[bool, Any] | None:
         """Calls ``name`` on rank ``target`` (every rank if ``TARGET_ALL``) on the direct
         path (Note [The direct path] in ``router.py``): taken only if no other call is
@@ -147,7 +147,7 @@ class ActorGroup:
         """
         runtime = self._runtime
         router = runtime.router
-        if deadline is not None and time.monotonic() >= deadline:
+        if timeout is not None and timeout <= 0:
             return None  # the general path times it out
         if not router.try_exclusive(target):
             return None
@@ -177,8 +177,8 @@ class ActorGroup:
             finally:
                 lock.release()
             if target == TARGET_ALL:
-                return router.gather_direct(seq, name, deadline)
-            return router.answer_direct(target, seq, name, deadline)
+                return router.gather_direct(seq, name, timeout)
+            return router.answer_direct(target, seq, name, timeout)
         finally:
             router.release_pump()
 
@@ -347,7 +347,7 @@ class ActorGroup:
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
         deadline = None if timeout is None else _deadline(timeout)
-        direct = self._call_direct(TARGET_ALL, name, args, kwargs, deadline)
+        direct = self._call_direct(TARGET_ALL, name, args, kwargs, timeout)
         if direct is None:
             slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
         else:
@@ -474,7 +474,7 @@ class ActorRef:
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
         deadline = None if timeout is None else _deadline(timeout)
-        direct = group._call_direct(self.rank, name, args, kwargs, deadline)
+        direct = group._call_direct(self.rank, name, args, kwargs, timeout)
         if direct is None:
             slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
         else:

@@ -329,15 +329,14 @@ class ReplyRouter:
         self._release_pump()
         return False
 
-    def _direct_spin_s(self, deadline: float | None) -> float:
-        """The spin window of a direct call, cut short by its deadline."""
+    def _direct_spin_s(self, timeout: float | None) -> float:
+        """The spin window of a direct call, no longer than its timeout (no clock read:
+        past the window, the general path keeps the deadline)."""
         spin_s = self._end.strategy.spin_s
-        if deadline is None:
-            return spin_s
-        return max(0.0, min(spin_s, deadline - time.monotonic()))
+        return spin_s if timeout is None or timeout >= spin_s else max(0.0, timeout)
 
     def answer_direct(
-        self, rank: int, seq: int, name: str, deadline: float | None
+        self, rank: int, seq: int, name: str, timeout: float | None
     ) -> tuple[bool, Any]:
         """Reads the reply to request ``seq`` from ``rank``'s ring; call holding the pump
         (:meth:`try_exclusive`) right after writing the request.
@@ -355,7 +354,7 @@ class ReplyRouter:
         ring = reader.ring
         try:
             taken = ring.take(loads, TARGET_ALL)
-            if taken is None and ring.spin(self._direct_spin_s(deadline)):
+            if taken is None and ring.spin(self._direct_spin_s(timeout)):
                 taken = ring.take(loads, TARGET_ALL)
         except (ChannelBrokenError, ChannelClosedError):
             taken = None  # the pump will see why, and process the death
@@ -374,7 +373,7 @@ class ReplyRouter:
             self._dispatch_record(rank, reader, taken)
         return False, slot
 
-    def gather_direct(self, seq: int, name: str, deadline: float | None) -> tuple[bool, Any]:
+    def gather_direct(self, seq: int, name: str, timeout: float | None) -> tuple[bool, Any]:
         """Reads every rank's reply to broadcast ``seq``; call holding the pump
         (:meth:`try_exclusive` for every rank) right after writing the request.
 
@@ -394,7 +393,7 @@ class ReplyRouter:
         taken: list[tuple[int, tuple[Any, ...] | memoryview]] = []
         while missing:
             taken = take_each(readers, loads, TARGET_ALL)
-            if not taken and spin_any(readers, self._direct_spin_s(deadline)):
+            if not taken and spin_any(readers, self._direct_spin_s(timeout)):
                 taken = take_each(readers, loads, TARGET_ALL)
             if not taken:
                 break  # late, or a ring broke: the general path waits
