@@ -187,8 +187,15 @@ class RankRuntime:
         self.actor = actor
 
     def serve(self) -> None:
-        """Answers requests one at a time until a STOP request."""
+        """Answers requests one at a time until a STOP request.
+
+        A call that came in one record without tensors is answered right here, as
+        :meth:`handle` would answer it, written out flat: it is every call's path.
+        Everything else goes through :meth:`serve_one`.
+        """
         ring = self.end.requests.ring
+        replies = self.end.replies
+        actor = self.actor
         rank = self.boot.rank
         spin_s = self.end.strategy.spin_s
         while True:
@@ -197,12 +204,23 @@ class RankRuntime:
                 if not ring.spin(spin_s):  # in the ring core: the reply's latency
                     ring.wait(deadline=None)
                 continue
-            if type(taken) is tuple and len(taken) == 5 and taken[1] == CALL:
-                # The hot path: a call in one record, without tensors.
-                self._last_request = taken
-                self.handle(*taken)
-            elif not self.serve_one(taken):
-                return
+            if type(taken) is not tuple or len(taken) != 5 or taken[1] != CALL:
+                if not self.serve_one(taken):
+                    return
+                continue
+            self._last_request = taken
+            seq, _, name, args, kwargs = taken
+            try:
+                value = getattr(actor, name)(*args, **kwargs)
+            except SystemExit:
+                raise
+            except BaseException as error:
+                self._reply_error(seq, name, error)
+                continue
+            if replies.abort_pending or not replies.ring.send_plain(
+                TARGET_ALL, seq, (seq, RESULT, value), -1
+            ):
+                self._reply_general(seq, RESULT, value)
 
     def serve_one(self, taken: tuple[Any, ...] | memoryview | None = None) -> bool:
         """Waits for the next request for this rank and answers it. Returns False after
@@ -273,15 +291,15 @@ class RankRuntime:
         except SystemExit:
             raise
         except BaseException as error:
-            self.reply(seq, ERROR, capture(error))
-            if _is_sticky_cuda_error(error):
-                self.die(f"unrecoverable CUDA error in {name!r}: {error}")
+            self._reply_error(seq, name, error)
             return
-        replies = self.end.replies  # reply(), inline: this is every call's path
-        if replies.abort_pending or not replies.ring.send_plain(
-            TARGET_ALL, seq, (seq, RESULT, value), -1
-        ):
-            self._reply_general(seq, RESULT, value)
+        self.reply(seq, RESULT, value)
+
+    def _reply_error(self, seq: int, name: str, error: BaseException) -> None:
+        """Answers request ``seq`` with ``error``; a sticky CUDA error then ends the rank."""
+        self.reply(seq, ERROR, capture(error))
+        if _is_sticky_cuda_error(error):
+            self.die(f"unrecoverable CUDA error in {name!r}: {error}")
 
 
 def _loopback_store(boot: RankBoot) -> Any:
