@@ -142,12 +142,6 @@ class RankRuntime:
             TARGET_ALL, seq, (seq, kind, value), -1
         ):
             return  # the hot path: pickled and written in one call of the ring core
-        self._reply_general(seq, kind, value)
-
-    def _reply_general(self, seq: int, kind: int, value: Any) -> None:
-        """:meth:`reply` for a value the ring core does not pickle itself, or when the
-        reply ring has no room now."""
-        replies = self.end.replies
         try:
             message = self.encoder.encode_compact((seq, kind, value), tag=seq)
         except TypeError as error:
@@ -194,7 +188,6 @@ class RankRuntime:
         Everything else goes through :meth:`serve_one`.
         """
         ring = self.end.requests.ring
-        replies = self.end.replies
         actor = self.actor
         rank = self.boot.rank
         spin_s = self.end.strategy.spin_s
@@ -217,10 +210,7 @@ class RankRuntime:
             except BaseException as error:
                 self._reply_error(seq, name, error)
                 continue
-            if replies.abort_pending or not replies.ring.send_plain(
-                TARGET_ALL, seq, (seq, RESULT, value), -1
-            ):
-                self._reply_general(seq, RESULT, value)
+            self.reply(seq, RESULT, value)
 
     def serve_one(self, taken: tuple[Any, ...] | memoryview | None = None) -> bool:
         """Waits for the next request for this rank and answers it. Returns False after

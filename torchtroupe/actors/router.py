@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from threading import get_ident
 from typing import Any
 
 from .._remote_errors import RemoteFailure, rebuild
@@ -211,7 +210,7 @@ class ReplyRouter:
                         if not self._pump_once(deadline):
                             break
                 finally:
-                    self._release_pump()
+                    self.release_pump()
             else:
                 with self._changed:
                     if self._pump.locked() and not _all_done(slots):
@@ -241,12 +240,15 @@ class ReplyRouter:
             raise
         return True
 
-    def _release_pump(self) -> None:
-        """Lets go of the pump, then runs what was deferred while holding it."""
+    def release_pump(self) -> None:
+        """Lets go of the pump (taken by :meth:`try_exclusive`, or by a pumping thread),
+        then runs what was deferred while holding it and processes a death queued
+        meanwhile."""
         while True:
             self._pump_owner = None
             self._pump.release()
-            self._notify()
+            if self._sleepers:
+                self._notify()
             while self._deferred:
                 self._deferred.popleft()()
             # A death queued while we were letting go must not wait for the next caller.
@@ -311,22 +313,13 @@ class ReplyRouter:
         """Takes the pump for a direct call to ``rank`` (every rank if ``TARGET_ALL``):
         only if no call is outstanding, no death is queued, the rank(s) are readable
         and no other thread pumps. If True, call :meth:`release_pump` when done."""
-        if self._pending or self._deaths or self._closed:
+        if self._pending or self._deaths or self._closed or not self._take_pump():
             return False
-        pump = self._pump
-        if not pump.acquire(blocking=False):
-            return False
-        try:
-            self._pump_owner = get_ident()
-            # Read under the pump: only its holder processes deaths, which change these.
-            readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
-        except BaseException:  # an interrupt right after the acquire must not keep it
-            self._pump_owner = None
-            pump.release()
-            raise
+        # Read under the pump: only its holder processes deaths, which change these.
+        readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
         if readable and not self._deaths and not self._closed:
             return True
-        self._release_pump()
+        self.release_pump()
         return False
 
     def _direct_spin_s(self, timeout: float | None) -> float:
@@ -424,18 +417,6 @@ class ReplyRouter:
             raise GroupClosedError("the group was shut down")
         self._dispatch_taken(taken)
         return False, slots
-
-    def release_pump(self) -> None:
-        """Lets go of the pump taken by :meth:`try_exclusive`."""
-        if self._sleepers > 0 or self._deferred or self._deaths:
-            self._release_pump()
-            return
-        self._pump_owner = None  # the common case: nobody to notify, nothing deferred
-        self._pump.release()
-        if self._sleepers > 0:  # began waiting meanwhile
-            self._notify()
-        if self._deaths:  # queued meanwhile: must not wait for the next caller
-            self.drain_now()
 
     # -- draining -------------------------------------------------------------------
 
@@ -552,7 +533,7 @@ class ReplyRouter:
                 if not self._closed:
                     self._drain()
             finally:
-                self._release_pump()
+                self.release_pump()
 
     note_poke = drain_now
 
@@ -652,7 +633,7 @@ class ReplyRouter:
                     ):
                         self._pump_once(slice_end)
                 finally:
-                    self._release_pump()
+                    self.release_pump()
 
     def close(self, timeout: float) -> bool:
         """Stops the async-reply thread and all reading of the rings, for good.

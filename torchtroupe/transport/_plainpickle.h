@@ -13,7 +13,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* Objects a plain value may hold, and how deeply nested; the same limits as is_plain. */
+/* Objects a plain value may hold, and how deeply nested (the Python core's is_plain
+ * uses the same limits). */
 #define PLAIN_BUDGET 64
 #define PLAIN_MAX_DEPTH 8
 /* The longest pickle plain_dump writes; a longer value is left to the stock pickler. */

@@ -1206,61 +1206,6 @@ done:
     return result;
 }
 
-/* Whether obj is built only of None, bool, int, float, str, bytes, and exact tuples,
- * lists and dicts of them: values that every pickler writes the same way, without
- * consulting reducer_override (codec.py's fast path). Gives up (0) past `budget`
- * objects or PLAIN_MAX_DEPTH levels. */
-static int plain_walk(PyObject *obj, Py_ssize_t *budget, int depth) {
-    if (--*budget < 0 || depth > PLAIN_MAX_DEPTH) {
-        return 0;
-    }
-    PyTypeObject *type = Py_TYPE(obj);
-    if (obj == Py_None || type == &PyBool_Type || type == &PyLong_Type ||
-        type == &PyFloat_Type || type == &PyUnicode_Type || type == &PyBytes_Type) {
-        return 1;
-    }
-    if (type == &PyTuple_Type) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
-            if (!plain_walk(PyTuple_GET_ITEM(obj, i), budget, depth + 1)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    if (type == &PyList_Type) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); i++) {
-            if (!plain_walk(PyList_GET_ITEM(obj, i), budget, depth + 1)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    if (type == &PyDict_Type) {
-        Py_ssize_t position = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(obj, &position, &key, &value)) {
-            if (!plain_walk(key, budget, depth + 1) || !plain_walk(value, budget, depth + 1)) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    return 0;
-}
-
-static PyObject *module_is_plain(PyObject *Py_UNUSED(module), PyObject *const *args,
-                                 Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "is_plain(obj, budget) takes 2 arguments");
-        return NULL;
-    }
-    Py_ssize_t budget = PyLong_AsSsize_t(args[1]);
-    if (budget == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    return PyBool_FromLong(plain_walk(args[0], &budget, 0));
-}
-
 /* take_each(readers, loads, rank) -> list[(index, tuple | memoryview)]: take() on
  * each reader in turn until it has nothing more; a record take() leaves to the
  * general path ends that reader's turn (it stays pending). */
@@ -1368,9 +1313,6 @@ static PyMethodDef module_methods[] = {
     {"full_fence", module_full_fence, METH_NOARGS, "full_fence(): a full memory fence."},
     {"spin_any", (PyCFunction)(void (*)(void))module_spin_any, METH_FASTCALL,
      "spin_any(readers, seconds) -> bool: busy-waits until one reader has data."},
-    {"is_plain", (PyCFunction)(void (*)(void))module_is_plain, METH_FASTCALL,
-     "is_plain(obj, budget) -> bool: obj holds only None, bool, int, float, str, bytes "
-     "and exact tuples, lists and dicts of them (at most budget objects)."},
     {"take_each", (PyCFunction)(void (*)(void))module_take_each, METH_FASTCALL,
      "take_each(readers, loads, rank) -> list[(index, tuple | memoryview)]: take() on "
      "each reader until it has nothing more (a record left to the general path ends its "

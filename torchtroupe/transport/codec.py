@@ -50,19 +50,17 @@ from .region import raw_bytes
 from .stream import IncomingMessage, MessageWriter
 
 if TYPE_CHECKING:
-    from ._ringcore_py import is_plain
     from ._ringcore_py import loads as loads
-    from ._ringcore_py import plain_dumps as plain_dumps
+    from ._ringcore_py import plain_dumps
 else:
     from .core import core
 
-    is_plain, loads, plain_dumps = core.is_plain, core.loads, core.plain_dumps
+    loads, plain_dumps = core.loads, core.plain_dumps
 
 TARGET_ALL = -1
 _BASE_ALIGNMENT = 64
 _PROTOCOL = 5
 _FIXED = struct.Struct("<qqQQQ")
-_PLAIN_BUDGET = 64  # objects is_plain() looks at before it leaves a message to our pickler
 
 
 class _DecodeContext(threading.local):
@@ -341,10 +339,11 @@ class Encoder:
         Raises:
             TypeError: As for :meth:`encode`.
         """
-        if is_plain(obj, _PLAIN_BUDGET):
-            # Builtin values only: the stock pickler writes exactly what ours would
-            # (reducer_override is never asked about them), several times faster.
-            return pickle.dumps(obj, _PROTOCOL)
+        plain = plain_dumps(obj)
+        if plain is not None:
+            # Builtin values only: the ring core pickles them as the stock pickler
+            # would (ours never asks reducer_override about them), several times faster.
+            return plain
         buffer, pickler = self._buffer, self._pickler
         buffer.seek(0)
         buffer.truncate()
