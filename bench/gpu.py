@@ -28,7 +28,8 @@ from bench.common import (
     timed_us,
 )
 from tests.gpu.gpu_actors import CudaWorker
-from torchtroupe.actors.process import start_context
+from torchtroupe.actors.rank_main import RANK_MODULE
+from torchtroupe.processes.launch import start_context
 from torchtroupe.testing import kill_rank
 
 
@@ -39,7 +40,9 @@ def time_calls(function: Callable[[], object], count: int) -> list[float]:
 
 def call_and_broadcast(world_sizes: list[int], count: int) -> list[list[object]]:
     rows: list[list[object]] = []
-    pipe = median(pipe_echo(start_context("forkserver"), count, max(10, count // 10)))
+    pipe = median(
+        pipe_echo(start_context("forkserver", (RANK_MODULE,)), count, max(10, count // 10))
+    )
     rows.append(["multiprocessing.Pipe echo", 1, pipe, "—", "1.0"])
     for world_size in world_sizes:
         with tt.spawn(CudaWorker, world_size=world_size, devices="cuda") as group:

@@ -23,7 +23,8 @@ from typing import Any
 
 import torchtroupe as tt
 from bench.common import machine_markdown, markdown_table, median, percentile, replace_section, say
-from torchtroupe.actors.process import start_context
+from torchtroupe.actors.rank_main import RANK_MODULE
+from torchtroupe.processes.launch import start_context
 
 TIMEOUT_S = 60.0
 
@@ -80,7 +81,7 @@ def _plain_worker(connection: Connection) -> None:
 
 def plain_kills(kills: int) -> tuple[list[float], list[float]]:
     """The baseline: a Pipe worker whose death is seen on its sentinel, respawned by hand."""
-    context: Any = start_context("forkserver")
+    context: Any = start_context("forkserver", (RANK_MODULE,))
 
     def start() -> tuple[Any, Connection]:
         parent, child = context.Pipe()

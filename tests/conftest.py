@@ -10,7 +10,8 @@ import torch
 import torch.multiprocessing
 
 from tests.timeouts import LONG_TIMEOUT
-from torchtroupe.actors.process import start_context
+from torchtroupe.actors.rank_main import RANK_MODULE
+from torchtroupe.processes.launch import start_context
 from torchtroupe.testing import find_leaks, take_snapshot
 
 
@@ -32,7 +33,7 @@ def _persistent_helpers() -> None:
     every test's baseline; otherwise the first test to spawn a rank would be blamed for
     them. Running one trivial process proves the server works.
     """
-    ctx = start_context("forkserver")  # the library's own preload list
+    ctx = start_context("forkserver", (RANK_MODULE,))  # the library's own preload list
     process = ctx.Process(target=os.getpid)  # type: ignore[attr-defined]
     process.start()
     process.join(LONG_TIMEOUT)

@@ -1,4 +1,4 @@
-"""Tests for supervision/signals.py and the tt.fatal path of actors/rank_main.py.
+"""Tests for processes/signals.py and the tt.fatal path of actors/rank_main.py.
 
 SIGTERM and SIGKILL are sent to a separate supervising program (a script run in a
 child interpreter), never to the test process itself.

@@ -47,6 +47,9 @@ from ..transport.waiting import WaitStrategy, spin_window_s
 from .actor import Actor, fatal_hook
 from .messages import CALL, ERROR, FATAL, NO_SEQ, READY, RESULT, RUN, STOP, STOPPED
 
+RANK_MODULE = __name__
+"""The module the forkserver preloads so that a new rank starts with its code imported."""
+
 FATAL_EXIT_CODE = 70
 """Exit code of a rank that ended through ``tt.fatal`` or a sticky CUDA error."""
 

@@ -31,17 +31,17 @@ from ..errors import (
     SupervisionError,
     describe_exit,
 )
-from ..supervision.events import EventLog, SupervisionEvent
-from ..supervision.monitor import Monitor
+from ..processes.events import EventLog, SupervisionEvent
+from ..processes.launch import RANK_PROCESS_PREFIX, RankProcess, launch, start_context, stop
+from ..processes.monitor import Monitor
+from ..processes.signals import handlers_installed, stopping_on_sigterm
 from ..supervision.policy import RestartPolicy, SpawnOptions
-from ..supervision.signals import handlers_installed, stopping_on_sigterm
 from ..transport.codec import TARGET_ALL, Encoder, dumps_by_value
 from ..transport.mailbox import CallerEnd, MailboxLayout
 from ..transport.ring import BROKEN, detach_reader
 from ..transport.waiting import WaitStrategy, spin_window_s
 from .messages import STOP, Reply, Request
-from .process import RankProcess, launch, start_context, stop
-from .rank_main import RankBoot
+from .rank_main import RANK_MODULE, RankBoot, rank_main
 from .router import CallSlot, ReplyRouter
 
 STARTING, READY, DEAD = "starting", "ready", "dead"
@@ -88,7 +88,7 @@ class GroupRuntime:
         self.on_failure = on_failure
         self._supervisor_pid = supervisor_pid or os.getpid()
         self._payload = dumps_by_value((actor_class, args, kwargs))
-        self._context = start_context(options.start_method, options.preload)
+        self._context = start_context(options.start_method, (RANK_MODULE, *options.preload))
         self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
         self.end = CallerEnd(self.layout, WaitStrategy(spin_s=spin_window_s(self.world_size)))
         self.router = ReplyRouter(self.end, self.describe, self._on_control, self._claim_fds)
@@ -159,7 +159,13 @@ class GroupRuntime:
                     signal_supervisor=handlers_installed(),
                     env=dict(self.options.env),
                 )
-                process = launch(self._context, boot)
+                process = launch(
+                    self._context,
+                    rank,
+                    f"{RANK_PROCESS_PREFIX}{self.name}:rank{rank}",
+                    rank_main,
+                    (boot,),
+                )
                 with self._changed:
                     self.ranks[rank] = process
                     self.states[rank] = STARTING
@@ -250,7 +256,7 @@ class GroupRuntime:
         if self.closed:
             raise GroupClosedError(f"group {self.name!r} was shut down")
 
-    # -- signals (see supervision/signals.py) ------------------------------------------
+    # -- signals (see processes/signals.py) ------------------------------------------
 
     def poke(self) -> None:
         """Wakes the monitor thread (a rank sent SIGUSR1)."""

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ..supervision.events import EventCallback, EventLog
-from ..supervision.monitor import Monitor
+from ..processes.events import EventCallback, EventLog
+from ..processes.monitor import Monitor
+from ..processes.signals import register as register_with_signals
 from ..supervision.policy import RestartPolicy, SpawnOptions
-from ..supervision.signals import register as register_with_signals
 from .actor import Actor
 from .group import ActorGroup
 from .runtime import GroupRuntime

@@ -1,6 +1,6 @@
 """Supervision: restart policies, child specs, events, the monitor: re-exports only."""
 
-from .events import SupervisionEvent as SupervisionEvent
+from ..processes.events import SupervisionEvent as SupervisionEvent
 from .policy import ChildSpec as ChildSpec
 from .policy import RestartPolicy as RestartPolicy
 from .policy import SpawnOptions as SpawnOptions

@@ -34,10 +34,10 @@ from pydantic import ValidationError
 
 from ..actors.actor import fatal_hook
 from ..errors import SupervisionError
-from .events import EventCallback, EventLog, SupervisionEvent
-from .monitor import Monitor
+from ..processes.events import EventCallback, EventLog, SupervisionEvent
+from ..processes.monitor import Monitor
+from ..processes.signals import register as register_with_signals
 from .policy import ChildSpec, SpawnOptions, Strategy, SupervisorSpec
-from .signals import register as register_with_signals
 
 if TYPE_CHECKING:
     from ..actors.group import ActorGroup  # the actors package imports this one

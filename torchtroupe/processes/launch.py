@@ -1,4 +1,4 @@
-"""Starting and stopping rank processes.
+"""Starting and stopping rank processes: birth and end, nothing about what a rank runs.
 
 Runs in the caller's process.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import multiprocessing.spawn
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -37,10 +37,9 @@ import torch
 import torch.multiprocessing
 
 from ..transport.fdpass import FdChannel, socket_pair
-from .rank_main import RankBoot, rank_main
 
 START_METHODS = ("forkserver", "spawn", "fork")
-_ALWAYS_PRELOADED = ("torch", "torchtroupe.actors.rank_main")
+_ALWAYS_PRELOADED = ("torch",)
 _KILL_WAIT_S = 5.0
 RANK_PROCESS_PREFIX = "troupe:"
 _preparation_data = multiprocessing.spawn.get_preparation_data
@@ -59,6 +58,10 @@ multiprocessing.spawn.get_preparation_data = _preparation_data_without_main
 
 def start_context(start_method: str, preload: Sequence[str] = ()) -> BaseContext:
     """The multiprocessing context that starts ranks.
+
+    Args:
+        start_method: ``forkserver``, ``spawn`` or ``fork``.
+        preload: Modules the forkserver imports once (torch always is).
 
     Raises:
         ValueError: Unknown start method.
@@ -108,15 +111,25 @@ class RankProcess:
         return self.process.exitcode
 
 
-def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
-    """Starts one rank process. It holds the read end of a pipe whose write end only
-    this process holds: when this process dies, the rank sees EOF and exits."""
+def launch(
+    context: BaseContext,
+    rank: int,
+    title: str,
+    target: Callable[..., None],
+    args: tuple[object, ...],
+) -> RankProcess:
+    """Starts one rank process running ``target(*args, death_pipe, fd_socket)``.
+
+    The rank holds the read end of a pipe whose write end only this process holds:
+    when this process dies, the rank sees EOF and exits. ``title`` names the process
+    (it must start with ``RANK_PROCESS_PREFIX``).
+    """
     reader, writer = context.Pipe(duplex=False)
     caller_socket, rank_socket = socket_pair()
     process = context.Process(  # type: ignore[attr-defined]
-        target=rank_main,
-        args=(boot, reader, rank_socket),
-        name=f"{RANK_PROCESS_PREFIX}{boot.group}:rank{boot.rank}",
+        target=target,
+        args=(*args, reader, rank_socket),
+        name=title,
         daemon=False,
     )
     try:
@@ -126,7 +139,7 @@ def launch(context: BaseContext, boot: RankBoot) -> RankProcess:
         rank_socket.close()
     assert process.pid is not None  # set by start()
     channel = FdChannel(caller_socket)
-    return RankProcess(boot.rank, process, writer, channel, process.pid, process.sentinel)
+    return RankProcess(rank, process, writer, channel, process.pid, process.sentinel)
 
 
 def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KILL_WAIT_S) -> None:
