@@ -11,7 +11,6 @@ from .actors import ActorGroup as ActorGroup
 from .actors import ActorRef as ActorRef
 from .actors import endpoint as endpoint
 from .actors import fatal as fatal
-from .actors import spawn as spawn
 from .errors import ActorDiedError as ActorDiedError
 from .errors import ActorInitError as ActorInitError
 from .errors import CallTimeoutError as CallTimeoutError
@@ -25,6 +24,7 @@ from .supervision import RestartPolicy as RestartPolicy
 from .supervision import SupervisionEvent as SupervisionEvent
 from .supervision import Supervisor as Supervisor
 from .supervision import SupervisorSpec as SupervisorSpec
+from .supervision import spawn as spawn
 
 __version__ = "0.1.0"
 

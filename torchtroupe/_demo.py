@@ -13,8 +13,9 @@ import traceback
 
 import torch
 
-from .actors import Actor, endpoint, spawn
+from .actors import Actor, endpoint
 from .errors import ActorDiedError
+from .supervision import spawn
 
 
 class Worker(Actor):

@@ -1,5 +1,5 @@
 """Tests for the direct path of calls and broadcasts (Note [The direct path] in
-torchtroupe/actors/router.py): when it is taken, and that leaving it loses nothing."""
+torchtroupe/actors/direct.py): when it is taken, and that leaving it loses nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import torchtroupe as tt
 from tests.actors.actors_for_tests import Echo
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe._remote_errors import capture
+from torchtroupe.actors.direct import DirectPath
 from torchtroupe.actors.messages import ERROR, RESULT
-from torchtroupe.actors.router import CallSlot, ReplyRouter
+from torchtroupe.actors.pump import ReplyPump
+from torchtroupe.actors.slots import CallSlot
 from torchtroupe.transport.codec import TARGET_ALL, Encoder, send_encoded
 from torchtroupe.transport.mailbox import CallerEnd, MailboxLayout, RankEnd
 
@@ -25,7 +27,7 @@ from torchtroupe.transport.mailbox import CallerEnd, MailboxLayout, RankEnd
 class Mailbox:
     """A router over an in-process mailbox, with each rank's end to write replies."""
 
-    router: ReplyRouter
+    router: ReplyPump
     ranks: list[RankEnd]
 
     def reply(self, rank: int, seq: int, kind: int, value: Any) -> None:
@@ -36,8 +38,9 @@ class Mailbox:
 @pytest.fixture
 def mailbox() -> Iterator[Mailbox]:
     layout = MailboxLayout.create(2, 1 << 14)
-    router = ReplyRouter(
+    router = ReplyPump(
         CallerEnd(layout),
+        "g",
         lambda rank: f"Echo rank {rank}",
         lambda rank, reply: None,
         lambda rank, tag, count: [],
@@ -51,15 +54,29 @@ def mailbox() -> Iterator[Mailbox]:
     layout.region.release()
 
 
-def _answer(router: ReplyRouter, rank: int, seq: int) -> tuple[bool, Any]:
+class _Group:
+    """The little of a group's lifecycle that the read half looks at."""
+
+    def __init__(self) -> None:
+        self.name = "g"
+        self.states: list[str] = []
+        self.closed = False
+        self.gave_up = None
+
+
+def _direct(router: ReplyPump) -> DirectPath:
+    return DirectPath(router, None, _Group())  # type: ignore[arg-type]
+
+
+def _answer(router: ReplyPump, rank: int, seq: int) -> tuple[bool, Any]:
     assert router.try_exclusive(rank)
     try:
-        return router.answer_direct(rank, seq, "echo", None)
+        return _direct(router).read_reply(rank, seq, "echo", None)
     finally:
         router.release_pump()
 
 
-def _wait_for(router: ReplyRouter, slots: list[CallSlot]) -> None:
+def _wait_for(router: ReplyPump, slots: list[CallSlot]) -> None:
     router.wait(slots, None, lambda: "the test's call")
 
 
@@ -155,7 +172,7 @@ def test_another_threads_reply_read_on_the_direct_path_reaches_its_call(mailbox:
         assert mailbox.router.register(other)
         mailbox.reply(0, 2, RESULT, "theirs")
         mailbox.reply(0, 3, RESULT, "mine")
-        answered, mine = mailbox.router.answer_direct(0, 3, "echo", None)
+        answered, mine = _direct(mailbox.router).read_reply(0, 3, "echo", None)
     finally:
         mailbox.router.release_pump()
 
@@ -167,10 +184,10 @@ def test_another_threads_reply_read_on_the_direct_path_reaches_its_call(mailbox:
 # -- broadcasts -----------------------------------------------------------------------------
 
 
-def _gather(router: ReplyRouter, seq: int) -> tuple[bool, Any]:
+def _gather(router: ReplyPump, seq: int) -> tuple[bool, Any]:
     assert router.try_exclusive(TARGET_ALL)
     try:
-        return router.gather_direct(seq, "echo", None)
+        return _direct(router).read_replies(seq, "echo", None)
     finally:
         router.release_pump()
 
@@ -208,7 +225,7 @@ def test_a_broadcast_where_a_rank_raised_resolves_every_slot(mailbox: Mailbox) -
 
 def test_no_direct_broadcast_while_a_rank_is_not_readable() -> None:
     layout = MailboxLayout.create(2, 1 << 14)
-    router = ReplyRouter(CallerEnd(layout), str, lambda r, c: None, lambda r, t, n: [])
+    router = ReplyPump(CallerEnd(layout), "g", str, lambda r, c: None, lambda r, t, n: [])
     router.open_rank(0)  # rank 1 is still starting
 
     assert not router.try_exclusive(TARGET_ALL)
@@ -260,7 +277,7 @@ def test_a_call_or_broadcast_with_timeout_zero_times_out_even_with_the_answer_at
 def test_a_group_that_gave_up_refuses_calls_while_its_ranks_are_still_being_stopped() -> None:
     with tt.spawn(Echo, world_size=2, timeout=LONG_TIMEOUT) as group:
         # The moment between a give-up being recorded and the ranks being stopped.
-        group._runtime.gave_up = tt.SupervisionError("gave up after too many restarts")
+        group._lifecycle.gave_up = tt.SupervisionError("gave up after too many restarts")
         with pytest.raises(tt.GroupClosedError, match="gave up"):
             group[0].call("echo", 1, timeout=SHORT_TIMEOUT)
         with pytest.raises(tt.GroupClosedError, match="gave up"):

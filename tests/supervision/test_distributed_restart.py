@@ -1,4 +1,4 @@
-"""A one_for_all restart of a DistributedDataParallel group over gloo (actors/runtime.py).
+"""A one_for_all restart of a DistributedDataParallel group over gloo (supervision/group_policy.py).
 
 The whole process group dies with any rank, so one_for_all restarts every rank and
 they form a new process group (a fresh store port); training then goes on.

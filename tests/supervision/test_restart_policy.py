@@ -1,4 +1,4 @@
-"""Tests for supervision/policy.py's RestartPolicy as groups apply it (actors/runtime.py).
+"""Tests for supervision/policy.py's RestartPolicy as groups apply it (supervision/group_policy.py).
 
 Each test kills a chosen rank with SIGKILL and waits on supervision events, never on
 the clock: ``exited`` once the monitor saw the death, ``restarted`` once the new

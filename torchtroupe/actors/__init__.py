@@ -1,10 +1,21 @@
-"""Actors, groups and ranks: re-exports only."""
+"""Actors: the actor class, endpoints, groups and the ranks' serve loop; re-exports only."""
 
 from .actor import Actor as Actor
 from .actor import endpoint as endpoint
 from .actor import fatal as fatal
 from .group import ActorGroup as ActorGroup
 from .group import ActorRef as ActorRef
-from .spawn import spawn as spawn
+from .lifecycle import GroupLifecycle as GroupLifecycle
+from .lifecycle import RestartAuthority as RestartAuthority
+from .options import GroupOptions as GroupOptions
 
-__all__ = ["Actor", "ActorGroup", "ActorRef", "endpoint", "fatal", "spawn"]
+__all__ = [
+    "Actor",
+    "ActorGroup",
+    "ActorRef",
+    "GroupLifecycle",
+    "GroupOptions",
+    "RestartAuthority",
+    "endpoint",
+    "fatal",
+]

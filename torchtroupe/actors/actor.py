@@ -72,6 +72,15 @@ def positional_ranges(actor_class: type) -> dict[str, tuple[int, int] | None]:
 
 
 @cache
+def endpoint_parameters(actor_class: type) -> dict[str, frozenset[str]]:
+    """For each endpoint, the names of its parameters (to spot ``timeout`` clashes)."""
+    return {
+        name: frozenset(signature.parameters)
+        for name, signature in endpoints_of(actor_class).items()
+    }
+
+
+@cache
 def endpoints_of(actor_class: type) -> dict[str, inspect.Signature]:
     """The endpoints of ``actor_class`` with their signatures (``self`` removed).
 

@@ -1,9 +1,15 @@
-"""``ActorGroup`` and ``ActorRef``: how a caller talks to its ranks.
+"""``ActorGroup`` and ``ActorRef``: the API a caller talks to its ranks through.
 
 Runs in the caller's threads; a group may be used from several threads at once.
-Calls from one caller reach each rank in the order they were made: the sequence
-number is taken and the request written under one lock, and each rank serves its
-requests one at a time, in ring order.
+This module reads as the API only: writing requests is ``requests.py``, the direct
+path ``direct.py``, waiting for replies ``pump.py``, the ranks' lives
+``lifecycle.py``, and what a call gets when something goes wrong ``outcomes.py``.
+
+Call options never steal an endpoint's arguments: the endpoint name is
+positional-only, and ``timeout=`` is the one call option written inline. For an
+endpoint that has a parameter named ``timeout`` itself, ``timeout=`` is refused as
+ambiguous; ``ref.options(timeout=5.0).call("fetch", x, timeout=30)`` sends every
+keyword to the endpoint.
 """
 
 from __future__ import annotations
@@ -13,25 +19,26 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Final
 
-from ..errors import (
-    CallTimeoutError,
-    ChannelBrokenError,
-    ChannelClosedError,
-    GroupClosedError,
-    GroupError,
-)
-from ..transport.codec import TARGET_ALL, EncodedMessage, send_encoded
-from .actor import check_call, positional_ranges
+from ..errors import GroupClosedError
+from ..processes.events import SupervisionEvent
+from ..transport.codec import TARGET_ALL
+from .actor import check_call, endpoint_parameters, positional_ranges
+from .lifecycle import DEAD, GroupLifecycle
 from .messages import CALL, RUN
-from .router import CallSlot
-from .runtime import DEAD, READY, GroupRuntime
+from .outcomes import gather, timeout_error
+from .slots import CallSlot
 
-_TRANSITION_WAIT_S = 0.01
 
-_Outgoing = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]
-"""A request to write: (target, kind, name, args, kwargs); see ``messages.Request``."""
+class _Unset:
+    """The type of :data:`_DEFAULT`: no ``timeout=`` was written."""
+
+    def __repr__(self) -> str:
+        return "<no timeout given>"
+
+
+_DEFAULT: Final = _Unset()
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -46,8 +53,8 @@ def _callable_name(function: Callable[..., Any]) -> str:
     return str(getattr(function, "__qualname__", repr(function)))
 
 
-def _emergency_stop(runtime: GroupRuntime) -> None:
-    runtime.shutdown(timeout=1.0)
+def _emergency_stop(lifecycle: GroupLifecycle) -> None:
+    lifecycle.shutdown(timeout=1.0)
 
 
 class ActorGroup:
@@ -57,37 +64,42 @@ class ActorGroup:
     collected, or still open at interpreter exit, is shut down too.
     """
 
-    def __init__(self, runtime: GroupRuntime) -> None:
-        self._runtime = runtime
+    def __init__(self, lifecycle: GroupLifecycle) -> None:
+        self._lifecycle = lifecycle
+        actor_class = lifecycle.actor_class
         # The positional-argument counts each endpoint takes: check_call's common case.
-        self._arity = positional_ranges(runtime.actor_class)
-        self._refs = [ActorRef(self, rank) for rank in range(runtime.world_size)]
-        self._finalizer = weakref.finalize(self, _emergency_stop, runtime)
+        self._arity = positional_ranges(actor_class)
+        self._takes_timeout = frozenset(
+            name for name, params in endpoint_parameters(actor_class).items() if "timeout" in params
+        )
+        self._refs = [ActorRef(self, rank) for rank in range(lifecycle.world_size)]
+        self._finalizer = weakref.finalize(self, _emergency_stop, lifecycle)
 
     # -- description ----------------------------------------------------------------
 
     @property
     def name(self) -> str:
         """The group's name (for logs and errors)."""
-        return self._runtime.name
+        return self._lifecycle.name
 
     @property
     def world_size(self) -> int:
         """Number of ranks."""
-        return self._runtime.world_size
+        return self._lifecycle.world_size
 
     @property
     def pids(self) -> list[int | None]:
-        """The current process id of each rank, in rank order."""
-        return self._runtime.pids()
+        """The current process id of each rank, in rank order (None while a rank has
+        no process: dead, or between incarnations)."""
+        return self._lifecycle.pids()
 
     @property
-    def events(self) -> list[Any]:
+    def events(self) -> list[SupervisionEvent]:
         """Every transition so far (started, exited, restarted, gave_up...)."""
-        return self._runtime.events.events
+        return self._lifecycle.events.events
 
     def __len__(self) -> int:
-        return self._runtime.world_size
+        return self._lifecycle.world_size
 
     def __getitem__(self, rank: int) -> ActorRef:
         if not -self.world_size <= rank < self.world_size:
@@ -98,147 +110,36 @@ class ActorGroup:
         return iter(self._refs)
 
     def __repr__(self) -> str:
-        actor = self._runtime.actor_class.__qualname__
+        actor = self._lifecycle.actor_class.__qualname__
         return f"<ActorGroup {self.name!r} of {self.world_size} {actor}>"
 
-    # -- sending --------------------------------------------------------------------
+    def options(self, *, timeout: float | None = None) -> GroupOptionsView:
+        """A view of this group whose calls use ``timeout`` and pass every keyword
+        argument to the endpoint (even one named ``timeout``)."""
+        _deadline(timeout)  # validates it
+        return GroupOptionsView(self, timeout)
 
-    def _submit(
-        self, ranks: Sequence[int], requests: Sequence[_Outgoing], deadline: float | None
-    ) -> list[CallSlot]:
-        """Writes ``requests`` and returns one slot per rank in ``ranks``."""
-        runtime = self._runtime
-        while True:
-            runtime.wait_ready(ranks, deadline)
-            wait_s = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not runtime.send_lock.acquire(timeout=wait_s):
-                raise CallTimeoutError(
-                    f"other callers of group {self.name!r} held the request ring past the deadline"
-                )
-            try:
-                runtime.raise_if_closed()
-                seq = next(runtime.sequence)
-                name = requests[0][2]
-                slots = [CallSlot(seq, rank, name) for rank in ranks]
-                if self._register(slots):
-                    self._write(runtime, seq, requests, ranks, slots, deadline)
-                    return slots
-            finally:
-                runtime.send_lock.release()
-            # A rank is between incarnations (its death is being recorded): wait for it.
-            runtime.wait_changed(_TRANSITION_WAIT_S)
+    # -- the machinery the public calls share ---------------------------------------------
 
-    def _call_direct(
-        self,
-        target: int,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> tuple[bool, Any] | None:
-        """Calls ``name`` on rank ``target`` (every rank if ``TARGET_ALL``) on the direct
-        path (Note [The direct path] in ``router.py``): taken only if no other call is
-        outstanding, the rank(s) are ready, the request holds builtin values only and
-        fits one record with room for it now, so that writing it never waits.
-
-        Returns:
-            None if the path was not taken (nothing was sent: the general path makes the
-            call); else what ``ReplyRouter.answer_direct`` (or ``gather_direct``) returned.
-        """
-        runtime = self._runtime
-        router = runtime.router
-        if timeout is not None and timeout <= 0:
-            return None  # the general path times it out
-        if not router.try_exclusive(target):
+    def _resolve_timeout(self, name: str, timeout: float | _Unset | None) -> float | None:
+        """The call's timeout; refuses ``timeout=`` that could be the endpoint's own."""
+        if timeout is _DEFAULT:
             return None
-        try:
-            lock = runtime.send_lock
-            if not lock.acquire(blocking=False):
-                return None
-            try:
-                states = runtime.states
-                if runtime.closed or runtime.gave_up is not None:
-                    return None  # the general path raises the right error
-                if target == TARGET_ALL:
-                    if states.count(READY) != len(states):
-                        return None
-                elif states[target] != READY:
-                    return None
-                seq = next(runtime.sequence)
-                writer = runtime.end.requests
-                if writer.abort_pending:
-                    return None
-                request = (seq, CALL, name, args, kwargs)
-                try:
-                    if not writer.ring.send_plain(target, seq, request, target):
-                        return None
-                except (ChannelBrokenError, ChannelClosedError):
-                    return None  # the general path says why
-            finally:
-                lock.release()
-            if target == TARGET_ALL:
-                return router.gather_direct(seq, name, timeout)
-            return router.answer_direct(target, seq, name, timeout)
-        finally:
-            router.release_pump()
+        if name in self._takes_timeout:
+            raise TypeError(
+                f"{self._lifecycle.actor_class.__qualname__}.{name} has a parameter named "
+                f"'timeout', so timeout= is ambiguous here: pass the call's timeout with "
+                f".options(timeout=...), e.g. ref.options(timeout=5.0).call({name!r}, ..., "
+                f"timeout=...), which sends every keyword to the endpoint"
+            )
+        return timeout  # type: ignore[return-value]
 
-    def _register(self, slots: list[CallSlot]) -> bool:
-        """Registers every slot; a dead rank's slot fails at once with its death.
+    def _check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        arity = self._arity.get(name)
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            check_call(self._lifecycle.actor_class, name, args, kwargs)  # raises, or binds
 
-        Returns:
-            False (and nothing registered) if a rank is between incarnations.
-        """
-        runtime = self._runtime
-        failed = []
-        for slot in runtime.router.register_all(slots):
-            death = runtime.deaths[slot.rank]
-            if death is None:
-                runtime.router.forget(slots)
-                return False
-            failed.append((slot, death))
-        for slot, death in failed:
-            slot.resolve(None, death)
-        return True
-
-    def _write(
-        self,
-        runtime: GroupRuntime,
-        seq: int,
-        requests: Sequence[_Outgoing],
-        ranks: Sequence[int],
-        slots: list[CallSlot],
-        deadline: float | None,
-    ) -> None:
-        """Encodes and writes ``requests``; call with the send lock held."""
-        router = runtime.router
-        encoder = runtime.encoder
-        try:
-            # Encode everything first: a value that cannot be sent fails the whole call
-            # before any rank receives anything. On the wire a request is a plain
-            # tuple in the field order of messages.Request.
-            encoded = [
-                (target, encoder.encode_compact((seq, kind, name, args, kwargs), target, seq))
-                for target, kind, name, args, kwargs in requests
-            ]
-            for target, message in encoded:
-                if target != TARGET_ALL and slots[ranks.index(target)].done:
-                    continue  # that rank is dead: its slot already failed
-                if isinstance(message, EncodedMessage) and message.fds:
-                    runtime.send_fds(target, seq, message.fds, deadline)
-                send_encoded(
-                    runtime.end.requests, message, target, seq, deadline=deadline, wake=target
-                )
-        except BaseException as error:
-            router.forget(slots)
-            if isinstance(error, (ChannelBrokenError, ChannelClosedError)) and runtime.closed:
-                raise GroupClosedError(f"group {self.name!r} was shut down") from error
-            if not isinstance(error, TimeoutError):
-                raise
-            raise CallTimeoutError(
-                f"the request ring of group {self.name!r} stayed full until the deadline"
-            ) from error
-
-    def _call_slots(
+    def _slots(
         self,
         kind: int,
         name: str,
@@ -248,51 +149,115 @@ class ActorGroup:
         kwargs: dict[str, Any],
         deadline: float | None,
     ) -> list[CallSlot]:
+        """Writes one request (or one per rank) and returns one slot per rank."""
+        writer = self._lifecycle.writer
         if args_per_rank is None:
             target = TARGET_ALL if len(ranks) > 1 else ranks[0]
-            return self._submit(ranks, [(target, kind, name, args, kwargs)], deadline)
-        requests = [
+            return writer.submit(ranks, [(target, kind, name, args, kwargs)], deadline)
+        outgoing = [
             (rank, kind, name, tuple(a), kwargs)
             for rank, a in zip(ranks, args_per_rank, strict=True)
         ]
-        return self._submit(ranks, requests, deadline)
+        return writer.submit(ranks, outgoing, deadline)
 
     def _wait(
         self, slots: list[CallSlot], deadline: float | None, timeout: float | None, name: str
     ) -> None:
-        def what() -> str:
-            late = [slot.rank for slot in slots if not slot.done]
-            return (
-                f"{name!r} on rank(s) {late} of group {self.name!r} got no answer within {timeout}s"
-            )
+        self._lifecycle.pump.wait(
+            slots, deadline, lambda: str(timeout_error(slots, self.name, name, timeout))
+        )
 
-        self._runtime.router.wait(slots, deadline, what)
+    def _call_one(
+        self,
+        rank: int,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Calls ``name`` on ``rank`` and returns its result (the path of every call)."""
+        arity = self._arity.get(name)
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            check_call(self._lifecycle.actor_class, name, args, kwargs)
+        deadline = None if timeout is None else _deadline(timeout)
+        direct = self._lifecycle.direct.call(rank, name, args, kwargs, timeout)
+        if direct is None:
+            slots = self._slots(CALL, name, [rank], None, args, kwargs, deadline)
+        else:
+            answered, outcome = direct
+            if answered:
+                return outcome
+            slots = [outcome]
+        self._wait(slots, deadline, timeout, name)
+        return slots[0].outcome()
 
-    def _gather(self, slots: list[CallSlot], name: str) -> list[Any]:
-        errors = [slot.error for slot in slots if slot.error is not None]
-        for error in errors:
-            if isinstance(error, CallTimeoutError):
-                raise error  # as a synchronous broadcast would
-        if errors:
-            raise GroupError(
-                f"{len(errors)} of {len(slots)} ranks of group {self.name!r} failed in {name!r}",
-                [e if isinstance(e, Exception) else RuntimeError(repr(e)) for e in errors],
+    def _broadcast(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> list[Any]:
+        self._check(name, args, kwargs)
+        deadline = None if timeout is None else _deadline(timeout)
+        direct = self._lifecycle.direct.call(TARGET_ALL, name, args, kwargs, timeout)
+        if direct is None:
+            slots = self._slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
+        else:
+            answered, outcome = direct
+            if answered:
+                return outcome  # type: ignore[no-any-return]
+            slots = outcome
+        self._wait(slots, deadline, timeout, name)
+        return gather(slots, self.name, name)
+
+    def _scatter(
+        self,
+        name: str,
+        args_per_rank: Sequence[tuple[Any, ...]],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> list[Any]:
+        if len(args_per_rank) != self.world_size:
+            raise ValueError(
+                f"scatter needs {self.world_size} argument tuples (one per rank), "
+                f"got {len(args_per_rank)}"
             )
-        return [slot.value for slot in slots]
+        for each in args_per_rank:
+            check_call(self._lifecycle.actor_class, name, tuple(each), kwargs)
+        deadline = _deadline(timeout)
+        slots = self._slots(CALL, name, self._all_ranks(), args_per_rank, (), kwargs, deadline)
+        self._wait(slots, deadline, timeout, name)
+        return gather(slots, self.name, name)
+
+    def _run(
+        self,
+        ranks: Sequence[int],
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> list[CallSlot]:
+        name = _callable_name(function)
+        deadline = _deadline(timeout)
+        slots = self._slots(RUN, name, ranks, None, (function, *args), kwargs, deadline)
+        self._wait(slots, deadline, timeout, name)
+        return slots
 
     def _future(
         self,
-        slots: list[CallSlot],
-        finish: Callable[[list[CallSlot]], Any],
-        deadline: float | None,
-        timeout: float | None,
+        kind: int,
         name: str,
+        ranks: Sequence[int],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        finish: Callable[[list[CallSlot]], Any],
     ) -> Future[Any]:
-        """A future of ``finish(slots)``, resolved once every slot is (on whichever
-        thread resolves the last one); past ``deadline`` it fails with CallTimeoutError."""
+        """Sends the call and returns a future of ``finish(slots)``, resolved once every
+        slot is (on whichever thread resolves the last one); past the timeout it fails
+        with CallTimeoutError."""
+        deadline = _deadline(timeout)
+        slots = self._slots(kind, name, ranks, None, args, kwargs, deadline)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
-        router = self._runtime.router
+        pump = self._lifecycle.pump
         lock = threading.Lock()
         finished = [False]
 
@@ -307,22 +272,16 @@ class ActorGroup:
                 future.set_exception(error)
 
         def on_done(_: CallSlot) -> None:
-            router.async_resolved()
-            router.after_pump(try_complete)  # user callbacks never run under the pump
+            pump.async_resolved()
+            pump.after_pump(try_complete)  # user callbacks never run under the pump
 
         pending = [slot for slot in slots if not slot.done]
         for slot in pending:
             slot.callback = on_done
         if pending:
-
-            def what() -> str:
-                late = [slot.rank for slot in pending if not slot.done]
-                return (
-                    f"{name!r} on rank(s) {late} of group {self.name!r} "
-                    f"got no answer within {timeout}s"
-                )
-
-            router.track_async(pending, deadline, what)
+            pump.track_async(
+                pending, deadline, lambda: str(timeout_error(pending, self.name, name, timeout))
+            )
         try_complete()  # also covers slots that resolved before their callback was set
         return future
 
@@ -332,7 +291,7 @@ class ActorGroup:
     # -- public calls ---------------------------------------------------------------
 
     def broadcast(
-        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
     ) -> list[Any]:
         """Calls endpoint ``name`` on every rank; returns the results in rank order.
 
@@ -341,41 +300,36 @@ class ActorGroup:
             GroupError: One or more ranks raised or died; holds one exception per
                 failed rank (use ``except*``), raised after every rank answered or died.
             CallTimeoutError: No complete answer within ``timeout`` seconds.
+            GroupClosedError, SupervisionError: The group was shut down or gave up.
         """
-        runtime = self._runtime
-        arity = self._arity.get(name)
-        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
-            check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
-        deadline = None if timeout is None else _deadline(timeout)
-        direct = self._call_direct(TARGET_ALL, name, args, kwargs, timeout)
-        if direct is None:
-            slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
-        else:
-            answered, outcome = direct
-            if answered:
-                return outcome  # type: ignore[no-any-return]
-            slots = outcome
-        self._wait(slots, deadline, timeout, name)
-        return self._gather(slots, name)
+        return self._broadcast(name, args, kwargs, self._resolve_timeout(name, timeout))
 
     def broadcast_async(
-        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
     ) -> Future[list[Any]]:
         """Like :meth:`broadcast`, returning a future of the list of results.
 
         Past ``timeout`` seconds the future fails with CallTimeoutError.
         """
-        check_call(self._runtime.actor_class, name, args, kwargs)
-        deadline = _deadline(timeout)
-        slots = self._call_slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
-        return self._future(slots, lambda s: self._gather(s, name), deadline, timeout, name)
+        seconds = self._resolve_timeout(name, timeout)
+        check_call(self._lifecycle.actor_class, name, args, kwargs)
+        return self._future(
+            CALL,
+            name,
+            self._all_ranks(),
+            args,
+            kwargs,
+            seconds,
+            lambda slots: gather(slots, self.name, name),
+        )
 
     def scatter(
         self,
         name: str,
         args_per_rank: Sequence[tuple[Any, ...]],
+        /,
         *,
-        timeout: float | None = None,
+        timeout: float | _Unset | None = _DEFAULT,
         **kwargs: Any,
     ) -> list[Any]:
         """Calls ``name`` on every rank, rank ``i`` with the ``i``-th args tuple.
@@ -386,33 +340,23 @@ class ActorGroup:
             ValueError: ``args_per_rank`` does not have one tuple per rank.
             GroupError, CallTimeoutError: As for :meth:`broadcast`.
         """
-        if len(args_per_rank) != self.world_size:
-            raise ValueError(
-                f"scatter needs {self.world_size} argument tuples (one per rank), "
-                f"got {len(args_per_rank)}"
-            )
-        for each in args_per_rank:
-            check_call(self._runtime.actor_class, name, tuple(each), kwargs)
-        deadline = _deadline(timeout)
-        slots = self._call_slots(CALL, name, self._all_ranks(), args_per_rank, (), kwargs, deadline)
-        self._wait(slots, deadline, timeout, name)
-        return self._gather(slots, name)
+        return self._scatter(name, args_per_rank, kwargs, self._resolve_timeout(name, timeout))
 
     def run(
-        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> list[Any]:
         """Runs ``function(actor, *args, **kwargs)`` on every rank (cloudpickled).
 
         Returns:
             The results in rank order.
         """
-        name = _callable_name(function)
-        deadline = _deadline(timeout)
-        slots = self._call_slots(
-            RUN, name, self._all_ranks(), None, (function, *args), kwargs, deadline
-        )
-        self._wait(slots, deadline, timeout, name)
-        return self._gather(slots, name)
+        slots = self._run(self._all_ranks(), function, args, kwargs, timeout)
+        return gather(slots, self.name, _callable_name(function))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -422,13 +366,15 @@ class ActorGroup:
         Outstanding calls fail with GroupClosedError. Idempotent.
         """
         self._finalizer.detach()
-        self._runtime.shutdown(timeout)
+        self._lifecycle.shutdown(timeout)
 
     def __enter__(self) -> ActorGroup:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown(self._runtime.options.shutdown_s)
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self._finalizer.detach()
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        self._lifecycle.shutdown(self._lifecycle.options.shutdown_s, interrupted=interrupted)
 
 
 class ActorRef:
@@ -447,81 +393,152 @@ class ActorRef:
 
     @property
     def pid(self) -> int | None:
-        """The rank's current process id."""
+        """The rank's current process id (None while it has no process)."""
         return self._group.pids[self.rank]
 
     @property
     def alive(self) -> bool:
-        """False once the rank died and was not (yet) restarted."""
-        return self._group._runtime.states[self.rank] != DEAD
+        """False once the rank died and will not come back."""
+        return self._group._lifecycle.states[self.rank] != DEAD
 
-    def call(self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def options(self, *, timeout: float | None = None) -> RefOptionsView:
+        """A view of this rank whose calls use ``timeout`` and pass every keyword
+        argument to the endpoint (even one named ``timeout``)."""
+        _deadline(timeout)  # validates it
+        return RefOptionsView(self, timeout)
+
+    def call(
+        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
+    ) -> Any:
         """Calls endpoint ``name`` on this rank and returns its result.
 
         Raises:
-            AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent).
+            AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent),
+                or ``timeout=`` given to an endpoint that has a ``timeout`` parameter.
             Exception: Whatever the endpoint raised, as its own type, with the
                 rank's frames in its traceback and a note naming the rank.
             ActorDiedError: The rank died before answering.
             CallTimeoutError: No answer within ``timeout`` seconds.
         """
-        # The hot path of the library: written out flat, since every Python call costs.
         group = self._group_ref()
         if group is None:
             group = self._group  # raises GroupClosedError
-        runtime = group._runtime
-        arity = group._arity.get(name)
-        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
-            check_call(runtime.actor_class, name, args, kwargs)  # raises, or binds kwargs
-        deadline = None if timeout is None else _deadline(timeout)
-        direct = group._call_direct(self.rank, name, args, kwargs, timeout)
-        if direct is None:
-            slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
-        else:
-            answered, outcome = direct
-            if answered:
-                return outcome
-            slots = [outcome]
-        group._wait(slots, deadline, timeout, name)
-        return slots[0].outcome()
+        if timeout is _DEFAULT:
+            return group._call_one(self.rank, name, args, kwargs, None)
+        return group._call_one(self.rank, name, args, kwargs, group._resolve_timeout(name, timeout))
 
     def call_async(
-        self, name: str, *args: Any, timeout: float | None = None, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
     ) -> Future[Any]:
         """Like :meth:`call`, returning a :class:`concurrent.futures.Future`.
 
         Past ``timeout`` seconds the future fails with CallTimeoutError.
         """
         group = self._group
-        check_call(group._runtime.actor_class, name, args, kwargs)
-        deadline = _deadline(timeout)
-        slots = group._call_slots(CALL, name, [self.rank], None, args, kwargs, deadline)
-        return group._future(slots, lambda s: s[0].outcome(), deadline, timeout, name)
+        seconds = group._resolve_timeout(name, timeout)
+        check_call(group._lifecycle.actor_class, name, args, kwargs)
+        return group._future(
+            CALL, name, [self.rank], args, kwargs, seconds, lambda slots: slots[0].outcome()
+        )
 
     def run(
-        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Runs ``function(actor, *args, **kwargs)`` on this rank only (cloudpickled).
 
         Raises:
             CallTimeoutError: No answer within ``timeout`` seconds.
         """
-        group = self._group
-        name = _callable_name(function)
-        deadline = _deadline(timeout)
-        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, deadline)
-        group._wait(slots, deadline, timeout, name)
-        return slots[0].outcome()
+        return self._group._run([self.rank], function, args, kwargs, timeout)[0].outcome()
 
     def run_async(
-        self, function: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        function: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Future[Any]:
         """Like :meth:`run`, returning a :class:`concurrent.futures.Future`."""
         group = self._group
         name = _callable_name(function)
-        deadline = _deadline(timeout)
-        slots = group._call_slots(RUN, name, [self.rank], None, (function, *args), kwargs, deadline)
-        return group._future(slots, lambda s: s[0].outcome(), deadline, timeout, name)
+        return group._future(
+            RUN, name, [self.rank], (function, *args), kwargs, timeout, lambda s: s[0].outcome()
+        )
 
     def __repr__(self) -> str:
         return f"<ActorRef rank {self.rank} of {self._group.name!r} pid {self.pid}>"
+
+
+class RefOptionsView:
+    """``ref.options(timeout=...)``: the same rank, with call options set apart from
+    the endpoint's arguments (every keyword goes to the endpoint)."""
+
+    def __init__(self, ref: ActorRef, timeout: float | None) -> None:
+        self._ref = ref
+        self._timeout = timeout
+
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`ActorRef.call` with this view's options."""
+        ref = self._ref
+        return ref._group._call_one(ref.rank, name, args, kwargs, self._timeout)
+
+    def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """:meth:`ActorRef.call_async` with this view's options."""
+        group = self._ref._group
+        check_call(group._lifecycle.actor_class, name, args, kwargs)
+        return group._future(
+            CALL, name, [self._ref.rank], args, kwargs, self._timeout, lambda s: s[0].outcome()
+        )
+
+    def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`ActorRef.run` with this view's options."""
+        group = self._ref._group
+        return group._run([self._ref.rank], function, args, kwargs, self._timeout)[0].outcome()
+
+
+class GroupOptionsView:
+    """``group.options(timeout=...)``: the same group, with call options set apart from
+    the endpoint's arguments (every keyword goes to the endpoint)."""
+
+    def __init__(self, group: ActorGroup, timeout: float | None) -> None:
+        self._group = group
+        self._timeout = timeout
+
+    def broadcast(self, name: str, /, *args: Any, **kwargs: Any) -> list[Any]:
+        """:meth:`ActorGroup.broadcast` with this view's options."""
+        return self._group._broadcast(name, args, kwargs, self._timeout)
+
+    def broadcast_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[list[Any]]:
+        """:meth:`ActorGroup.broadcast_async` with this view's options."""
+        group = self._group
+        check_call(group._lifecycle.actor_class, name, args, kwargs)
+        return group._future(
+            CALL,
+            name,
+            group._all_ranks(),
+            args,
+            kwargs,
+            self._timeout,
+            lambda slots: gather(slots, group.name, name),
+        )
+
+    def scatter(
+        self, name: str, args_per_rank: Sequence[tuple[Any, ...]], /, **kwargs: Any
+    ) -> list[Any]:
+        """:meth:`ActorGroup.scatter` with this view's options."""
+        return self._group._scatter(name, args_per_rank, kwargs, self._timeout)
+
+    def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
+        """:meth:`ActorGroup.run` with this view's options."""
+        group = self._group
+        slots = group._run(group._all_ranks(), function, args, kwargs, self._timeout)
+        return gather(slots, group.name, _callable_name(function))
+
+    def __getitem__(self, rank: int) -> RefOptionsView:
+        return RefOptionsView(self._group[rank], self._timeout)

@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..actors.actor import Actor
+from ..actors.options import GroupOptions
+
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
 
@@ -66,8 +69,6 @@ class ChildSpec(BaseModel):
     @field_validator("actor")
     @classmethod
     def _must_be_actor(cls, value: type) -> type:
-        from ..actors.actor import Actor
-
         if not (isinstance(value, type) and issubclass(value, Actor)):
             raise ValueError(f"actor must be a subclass of torchtroupe.Actor, not {value!r}")
         return value
@@ -96,18 +97,8 @@ class SupervisorSpec(BaseModel):
     shutdown_s: float = Field(default=5.0, ge=0)
 
 
-class SpawnOptions(BaseModel):
-    """The validated options of :func:`~torchtroupe.spawn`."""
+class SpawnOptions(GroupOptions):
+    """The validated options of :func:`~torchtroupe.spawn`: a group's options and its
+    restart policy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    world_size: int = Field(default=1, ge=1, le=4096)
-    devices: Literal["cuda"] | tuple[int, ...] | None = None
     restart: RestartPolicy | None = None
-    name: str | None = None
-    start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
-    distributed: Literal["nccl", "gloo"] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    preload: tuple[str, ...] = ()
-    timeout: float | None = Field(default=120.0, gt=0)
-    shutdown_s: float = Field(default=5.0, ge=0)

@@ -23,30 +23,31 @@ The rules, as in OTP:
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from ..actors.actor import fatal_hook
-from ..errors import SupervisionError
+from ..actors.group import ActorGroup
+from ..actors.lifecycle import GroupLifecycle
+from ..errors import ActorDiedError, ActorInitError, SupervisionError
 from ..processes.events import EventCallback, EventLog, SupervisionEvent
 from ..processes.monitor import Monitor
 from ..processes.signals import register as register_with_signals
+from .group_policy import GroupPolicy
+from .intensity import RestartIntensity
 from .policy import ChildSpec, SpawnOptions, Strategy, SupervisorSpec
-
-if TYPE_CHECKING:
-    from ..actors.group import ActorGroup  # the actors package imports this one
+from .spawn import build_group, start_group
 
 
 @dataclass(slots=True)
 class _Child:
     spec: ChildSpec | SupervisorSpec
+    lifecycle: GroupLifecycle | None = None
     group: ActorGroup | None = None
+    policy: GroupPolicy | None = None
     supervisor: Supervisor | None = None
     running: bool = False
 
@@ -137,12 +138,13 @@ class Supervisor:
         self._parent = parent
         self._events = events
         self._owns_monitor = monitor is None
-        self._monitor = monitor or Monitor(f"torchtroupe-supervisor-{spec.name}", self._poke_groups)
+        self._monitor = monitor or Monitor(
+            f"torchtroupe-supervisor-{spec.name}", self._drain_groups
+        )
         self._children = [_Child(child) for child in spec.children]
         self._lock = threading.RLock()  # decisions only: never held while acting
         self._acting = threading.RLock()  # one restart or give-up at a time
-        self._restart_times: deque[float] = deque()
-        self._failures: list[BaseException] = []
+        self._intensity = RestartIntensity(spec.max_restarts, spec.within_s)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.gave_up: SupervisionError | None = None
@@ -177,6 +179,15 @@ class Supervisor:
                 found.extend(child.supervisor.groups())
         return found
 
+    def _lifecycles(self) -> list[GroupLifecycle]:
+        found: list[GroupLifecycle] = []
+        for child in self._children:
+            if child.lifecycle is not None:
+                found.append(child.lifecycle)
+            elif child.supervisor is not None:
+                found.extend(child.supervisor._lifecycles())
+        return found
+
     # -- starting and stopping children -----------------------------------------------
 
     def _start_children(self, children: Sequence[_Child]) -> None:
@@ -187,7 +198,7 @@ class Supervisor:
                 started.append(child)
         except BaseException:
             for child in reversed(started):
-                self._stop_child(child, "a sibling failed to start")
+                self._stop_child(child, "a sibling failed to start", None)
             raise
 
     def _start_child(self, child: _Child) -> None:
@@ -196,51 +207,79 @@ class Supervisor:
             if child.supervisor is None:
                 child.supervisor = Supervisor._nested(spec, self)
             else:
-                child.supervisor._restart_times.clear()
-                child.supervisor._failures.clear()
+                child.supervisor._intensity.reset()
                 child.supervisor._start_children(child.supervisor._children)
-        elif child.group is None:
-            from ..actors.spawn import start_group  # spawn imports this package
-
-            try:
-                options = SpawnOptions.model_validate(
-                    {
-                        "world_size": spec.world_size,
-                        "name": spec.name,
-                        "shutdown_s": spec.shutdown_s,
-                    }
-                    | spec.spawn
-                )
-            except ValidationError as error:
-                raise ValueError(
-                    f"invalid spawn options of child {spec.name!r}:\n{error}"
-                ) from None
-            child.group = start_group(
-                spec.actor,
-                spec.args,
-                dict(spec.kwargs),
-                options,
-                events=self._events,
-                monitor=self._monitor,
-                on_failure=partial(self._child_failed, child),
-            )
+        elif child.lifecycle is None:
+            self._first_start(child, spec)
         else:
-            runtime = child.group._runtime
-            if not runtime.restart_all(spec.shutdown_s, "restarted by its supervisor"):
-                raise runtime.gave_up or SupervisionError(f"child {spec.name!r} did not restart")
+            if child.policy is not None:
+                child.policy.intensity.reset()
+            child.lifecycle.restart(range(child.lifecycle.world_size))
         child.running = True
 
-    def _stop_child(self, child: _Child, reason: str) -> None:
+    def _first_start(self, child: _Child, spec: ChildSpec) -> None:
+        try:
+            options = SpawnOptions.model_validate(
+                {"world_size": spec.world_size, "name": spec.name, "shutdown_s": spec.shutdown_s}
+                | spec.spawn
+            )
+        except ValidationError as error:
+            raise ValueError(f"invalid spawn options of child {spec.name!r}:\n{error}") from None
+        lifecycle = build_group(
+            spec.actor,
+            spec.args,
+            dict(spec.kwargs),
+            options,
+            events=self._events,
+            monitor=self._monitor,
+        )
+        if options.restart is not None:
+            child.policy = GroupPolicy(options.restart, escalate=self._group_gave_up)
+            lifecycle.authority = child.policy
+        else:
+            lifecycle.authority = self
+        child.lifecycle = lifecycle
+        child.group = start_group(lifecycle)
+
+    def _stop_child(self, child: _Child, reason: str, cause: BaseException | None) -> None:
         child.running = False
-        if child.group is not None:
-            child.group._runtime.stop_all(child.spec.shutdown_s, reason)
+        if child.lifecycle is not None:
+            lifecycle = child.lifecycle
+            lifecycle.stop_ranks(
+                range(lifecycle.world_size),
+                reason=reason,
+                graceful_s=child.spec.shutdown_s,
+                cause=cause,
+            )
         elif child.supervisor is not None:
             for grandchild in reversed(child.supervisor._children):
-                child.supervisor._stop_child(grandchild, reason)
+                child.supervisor._stop_child(grandchild, reason, cause)
+
+    def _hold(self, children: Sequence[_Child]) -> None:
+        """Makes calls to these children's groups wait: a verdict is coming."""
+        for child in children:
+            if child.lifecycle is not None:
+                child.lifecycle.hold(range(child.lifecycle.world_size))
+            elif child.supervisor is not None:
+                child.supervisor._hold(child.supervisor._children)
 
     # -- failures -------------------------------------------------------------------
 
-    def _child_failed(self, child: _Child, error: BaseException, normal: bool) -> None:
+    def rank_died(self, group: GroupLifecycle, rank: int, death: ActorDiedError) -> None:
+        """Monitor thread: a rank of a child group without its own policy died."""
+        child = self._child_of(group)
+        self._child_failed(child, death, normal=death.exitcode == 0, rank=rank)
+
+    def _group_gave_up(self, group: GroupLifecycle, error: SupervisionError) -> None:
+        """A child group's own restart policy gave up: the group fails as one child."""
+        self._child_failed(self._child_of(group), error, normal=False)
+
+    def _child_of(self, group: GroupLifecycle) -> _Child:
+        return next(child for child in self._children if child.lifecycle is group)
+
+    def _child_failed(
+        self, child: _Child, error: BaseException, normal: bool, rank: int | None = None
+    ) -> None:
         """A child failed (monitor or restart thread). Decide, then act in background."""
         with self._lock:
             if self._closed or self.gave_up is not None:
@@ -251,15 +290,10 @@ class Supervisor:
                     SupervisionEvent("stopped", child.name, detail=f"{restart} child not restarted")
                 )
                 child.running = False
+                self._leave_down(child, error, rank)
                 return
-            self._failures.append(error)
-            now = time.monotonic()
-            self._restart_times.append(now)
-            while self._restart_times and now - self._restart_times[0] > self._spec.within_s:
-                self._restart_times.popleft()
-            if len(self._restart_times) > self._spec.max_restarts:
-                for group in self.groups():
-                    group._runtime.mark_restarting()  # calls wait for the verdict
+            if self._intensity.exceeded_by(error):
+                self._hold(self._children)  # calls wait for the verdict
                 self._background(self._give_up)
                 return
             index = self._children.index(child)
@@ -269,12 +303,22 @@ class Supervisor:
                 affected = list(self._children)
             else:
                 affected = self._children[index:]
-            for each in affected:
-                if each.group is not None:
-                    each.group._runtime.mark_restarting()
-            self._background(self._restart, child, affected)
+            self._hold(affected)
+            self._background(self._restart, child, affected, error)
 
-    def _background(self, function: Any, *args: Any) -> None:
+    @staticmethod
+    def _leave_down(child: _Child, error: BaseException, rank: int | None) -> None:
+        """A child that is not restarted: a dead rank stays dead; a group that gave up
+        stays given up."""
+        lifecycle = child.lifecycle
+        if lifecycle is None:
+            return
+        if rank is not None:
+            lifecycle.stay_dead(rank)
+        elif isinstance(error, SupervisionError):
+            lifecycle.give_up(error)
+
+    def _background(self, function: Callable[..., None], *args: Any) -> None:
         with self._lock:  # shutdown() takes it too: a thread is listed once started
             if self._closed:
                 return
@@ -285,7 +329,7 @@ class Supervisor:
             thread.start()
             self._threads.append(thread)
 
-    def _restart(self, failed: _Child, affected: list[_Child]) -> None:
+    def _restart(self, failed: _Child, affected: list[_Child], cause: BaseException) -> None:
         """Restart thread: stops ``affected`` (reverse order) and starts them again.
 
         Decisions are taken under ``_lock``; the stopping and starting, which can take
@@ -301,13 +345,13 @@ class Supervisor:
                 f"after {failed.name!r} failed"
             )
             for child in reversed(affected):
-                self._stop_child(child, reason)
+                self._stop_child(child, reason, cause)
             self._events.record(SupervisionEvent("restarting", failed.name, detail=reason))
             try:
                 self._start_children(affected)
-            except Exception as error:
+            except (ActorInitError, SupervisionError) as error:
                 with self._lock:
-                    self._failures.append(error)
+                    self._intensity.failures.append(error)
                 self._give_up()
 
     def _give_up(self) -> None:
@@ -315,33 +359,30 @@ class Supervisor:
             with self._lock:
                 if self._closed or self.gave_up is not None:
                     return
-                failures = _flatten(self._failures)
-                error = SupervisionError(
-                    f"supervisor {self.name!r} gave up: more than {self._spec.max_restarts} "
-                    f"restarts within {self._spec.within_s}s; "
-                    f"root cause: {failures[0] if failures else '?'}",
-                    failures,
-                )
+                error = self._intensity.gave_up(f"supervisor {self.name!r}")
                 if self._parent is None:
                     self.gave_up = error
             self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
-            for child in reversed(self._children):
-                self._stop_child(child, "its supervisor gave up")
+            if self._parent is None:
+                # Calls waiting or in flight get the SupervisionError itself, survivors
+                # stopped by the give-up included (DESIGN.md, Errors).
+                for lifecycle in reversed(self._lifecycles()):
+                    lifecycle.give_up(error, record=False)
+            else:
+                for child in reversed(self._children):
+                    self._stop_child(child, "its supervisor gave up", error)
         if self._parent is not None:  # our locks are released: the parent takes its own
             parent_child = next(c for c in self._parent._children if c.supervisor is self)
             self._parent._child_failed(parent_child, error, False)
             return
-        for group in self.groups():
-            group._runtime.fail(error)
         if fatal_hook.handler is not None:
             fatal_hook.handler(f"a supervision tree in this rank gave up: {error}")
 
     # -- signals and shutdown -------------------------------------------------------
 
-    def _poke_groups(self) -> None:
-        for group in self.groups():
-            if not group._runtime.closed:
-                group._runtime.router_poke()
+    def _drain_groups(self) -> None:
+        for lifecycle in self._lifecycles():
+            lifecycle.drain_now()
 
     def poke(self) -> None:
         """Wakes the tree's monitor (SIGUSR1 from a rank)."""
@@ -365,6 +406,8 @@ class Supervisor:
         for child in reversed(self._children):
             if child.group is not None:
                 child.group.shutdown(child.spec.shutdown_s)
+            elif child.lifecycle is not None:
+                child.lifecycle.shutdown(child.spec.shutdown_s)
             elif child.supervisor is not None:
                 child.supervisor.shutdown()
         for thread in threads:
@@ -382,13 +425,3 @@ class Supervisor:
     def __repr__(self) -> str:
         names = ", ".join(child.name for child in self._children)
         return f"<Supervisor {self.name!r} {self._spec.strategy} [{names}]>"
-
-
-def _flatten(failures: list[BaseException]) -> list[BaseException]:
-    flat: list[BaseException] = []
-    for failure in failures:
-        if isinstance(failure, SupervisionError) and failure.failures:
-            flat.extend(_flatten(list(failure.failures)))
-        else:
-            flat.append(failure)
-    return flat

@@ -1,4 +1,4 @@
-"""Tests for torchtroupe/actors/spawn.py: starting groups, all ranks or none."""
+"""Tests for torchtroupe/supervision/spawn.py: starting groups, all ranks or none."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for torchtroupe/actors/router.py: order of calls, timeouts and late replies."""
+"""Tests for torchtroupe/actors/pump.py: order of calls, timeouts and late replies."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torchtroupe as tt
 from tests.actors.actors_for_tests import Echo
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.actors.messages import RESULT, Reply
-from torchtroupe.actors.router import CallSlot, ReplyRouter
+from torchtroupe.actors.pump import ReplyPump
+from torchtroupe.actors.slots import CallSlot
 from torchtroupe.transport.codec import TARGET_ALL, send_encoded
 from torchtroupe.transport.mailbox import CallerEnd, MailboxLayout, RankEnd
 
@@ -84,8 +85,9 @@ def test_a_malformed_reply_is_dropped_with_a_warning_and_is_not_taken_for_fatal(
 ) -> None:
     layout = MailboxLayout.create(1, 1 << 14)
     controls: list[tuple[int, Reply]] = []
-    router = ReplyRouter(
+    router = ReplyPump(
         CallerEnd(layout),
+        "g",
         lambda rank: f"rank {rank}",
         lambda r, c: controls.append((r, c)),
         lambda rank, tag, count: [],
@@ -98,7 +100,7 @@ def test_a_malformed_reply_is_dropped_with_a_warning_and_is_not_taken_for_fatal(
     send_encoded(rank_side.replies, pickle.dumps((7, RESULT)), TARGET_ALL, 7, deadline=None)
     send_encoded(rank_side.replies, pickle.dumps((7, RESULT, "ok")), TARGET_ALL, 7, deadline=None)
 
-    with caplog.at_level(logging.WARNING, logger="torchtroupe.actors.router"):
+    with caplog.at_level(logging.WARNING, logger="torchtroupe.actors.pump"):
         router.drain_now()
 
     assert "dropped a malformed reply from rank 0" in caplog.text

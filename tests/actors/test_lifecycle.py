@@ -1,4 +1,4 @@
-"""Tests for torchtroupe/actors/runtime.py: what callers see when a rank dies."""
+"""Tests for torchtroupe/actors/lifecycle.py: what callers see when a rank dies."""
 
 from __future__ import annotations
 

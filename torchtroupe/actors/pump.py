@@ -1,4 +1,4 @@
-"""Routing replies to the calls that wait for them, in the caller's process.
+"""The reply pump: routing replies to the calls that wait for them, in the caller.
 
 Runs in caller threads, the group's async-reply thread and the monitor thread.
 
@@ -12,13 +12,15 @@ that the pumping thread notifies after each dispatch and when it lets go, so one
 of them takes over. Futures of asynchronous calls that nobody waits on are served
 by a background thread that pumps only while such calls are outstanding.
 
-A call to one rank with nothing else outstanding takes a shorter way, the *direct
-path*: see Note [The direct path].
+A call with nothing else outstanding takes a shorter way, the *direct path*: see
+Note [The direct path] in ``direct.py``.
 
 A rank's death is queued by the monitor thread, which also marks the rank's reply
 ring broken (waking the pump). The pump drains every complete reply the rank wrote
-before it died, then fails the rank's remaining calls with ActorDiedError. So a
-reply that made it into the ring is never lost, and no call waits past the death.
+before it died, then fails the rank's calls in flight with ActorDiedError (calls
+the rank never read stay pending: Note [Calls a dead rank never read] in
+``lifecycle.py``). So a reply that made it into the ring is never lost, and no call
+waits past the death.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from ..errors import (
     CallTimeoutError,
     ChannelBrokenError,
     ChannelClosedError,
-    GroupClosedError,
 )
 from ..transport.codec import TARGET_ALL, decode, loads, peek_target
 from ..transport.mailbox import CallerEnd
@@ -45,80 +46,22 @@ from ..transport.ring import RingReader, spin_any, take_each
 from ..transport.stream import IncomingMessage, MessageAbortedError, MessageReader
 from ..transport.waiting import wait_until
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
-
-# Note [The direct path]
-# ~~~~~~~~~~~~~~~~~~~~~~
-# A call to one rank, when no other call is outstanding, needs none of the pump's
-# bookkeeping: no slot, no dict, no condition. The caller takes the pump first
-# (try_exclusive), writes its request, and reads the rank's reply ring itself
-# (answer_direct), for at most the spin window. Holding the pump is what makes this
-# safe: nobody else can take the reply, and a death of the rank is processed only
-# once the pump is let go.
-#
-# Anything unusual ends the direct path *after* registering the call's slot, so the
-# general path takes over with nothing lost: no reply within the spin window, a reply
-# that is not this call's (another thread's, one carrying tensors), a broken ring.
-# A reply that belongs to someone else is dispatched as the pump would.
-#
-# The request is written without ever blocking (ring full: general path), because the
-# pump's holder must not wait on a rank that may itself wait for the pump to drain
-# its reply ring.
+from .outcomes import died_in_flight, shut_down
+from .slots import CallSlot, all_done, slot_key
 
 _SLICE_S = 0.05
+DeathOutcome = Callable[[list[CallSlot]], tuple[ActorDiedError, list[CallSlot]]]
+"""Called with a dead rank's pending calls once its replies are drained: returns its
+error and the calls that stay pending (the rest fail with the error)."""
 logger = logging.getLogger(__name__)
 
 
-def _key(seq: int, rank: int) -> int:
-    return (seq << 20) | rank
-
-
-def _all_done(slots: list[CallSlot]) -> bool:
-    # A loop, not all() over a generator: this runs several times per call.
-    for slot in slots:  # noqa: SIM110
-        if not slot.done:
-            return False
-    return True
-
-
-class CallSlot:
-    """Where one rank's answer to one request lands.
-
-    A broadcast's slots share its sequence number; a slot is keyed by (seq, rank).
-    """
-
-    __slots__ = ("callback", "done", "error", "key", "name", "rank", "seq", "value")
-
-    def __init__(self, seq: int, rank: int, name: str) -> None:
-        self.seq = seq
-        self.rank = rank
-        self.key = _key(seq, rank)
-        self.name = name
-        self.done = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.callback: Callable[[CallSlot], None] | None = None
-
-    def resolve(self, value: Any, error: BaseException | None) -> None:
-        """Records the outcome (first one wins) and runs the callback, if any."""
-        if self.done:
-            return
-        self.value, self.error = value, error
-        self.done = True
-        if self.callback is not None:
-            self.callback(self)
-
-    def outcome(self) -> Any:
-        """Returns the value or raises the error."""
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class ReplyRouter:
+class ReplyPump:
     """Dispatches replies from every rank's reply ring to waiting calls.
 
     Args:
         end: The caller's end of the mailbox.
+        group: The group's name, for errors.
         describe: Names a rank for error notes, e.g. ``"Worker rank 2 (pid 41)"``.
         on_control: Receives replies that answer no call (FATAL reports).
         claim_fds: ``(rank, tag, count) -> fds`` passed beside a reply (shared tensors).
@@ -127,11 +70,13 @@ class ReplyRouter:
     def __init__(
         self,
         end: CallerEnd,
+        group: str,
         describe: Callable[[int], str],
         on_control: Callable[[int, Reply], None],
         claim_fds: Callable[[int, int, int], list[int]],
     ) -> None:
         self._end = end
+        self._group = group
         self._claim_fds = claim_fds
         self._describe = describe
         self._on_control = on_control
@@ -144,7 +89,7 @@ class ReplyRouter:
         self._readable = [False] * end.layout.world_size
         self._drain_set: tuple[tuple[int, MessageReader], ...] = ()  # readable ranks
         self._spin_readers: tuple[RingReader, ...] = ()  # their reply rings
-        self._deaths: list[tuple[int, Callable[[], ActorDiedError], threading.Event]] = []
+        self._deaths: list[tuple[int, DeathOutcome, threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
         self._async_outstanding = 0
         self._async_deadlines: list[tuple[float, list[CallSlot], Callable[[], str]]] = []
@@ -193,27 +138,27 @@ class ReplyRouter:
                 forgotten, so their late replies are dropped.
         """
         while True:
-            if _all_done(slots):
+            if all_done(slots):
                 return
             if self._closed:
                 for slot in slots:
-                    slot.resolve(None, GroupClosedError("the group was shut down"))
+                    slot.resolve(None, shut_down(self._group))
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 self.forget(slot for slot in slots if not slot.done)
-                if _all_done(slots):
+                if all_done(slots):
                     return
                 raise CallTimeoutError(what())
-            if self._take_pump():
+            if self.take_pump():
                 try:
-                    while not self._closed and not _all_done(slots):
+                    while not self._closed and not all_done(slots):
                         if not self._pump_once(deadline):
                             break
                 finally:
                     self.release_pump()
             else:
                 with self._changed:
-                    if self._pump.locked() and not _all_done(slots):
+                    if self._pump.locked() and not all_done(slots):
                         timeout = (
                             _SLICE_S
                             if deadline is None
@@ -230,7 +175,7 @@ class ReplyRouter:
             with self._changed:
                 self._changed.notify_all()
 
-    def _take_pump(self) -> bool:
+    def take_pump(self) -> bool:
         if not self._pump.acquire(blocking=False):
             return False
         try:
@@ -252,7 +197,7 @@ class ReplyRouter:
             while self._deferred:
                 self._deferred.popleft()()
             # A death queued while we were letting go must not wait for the next caller.
-            if not self._deaths or not self._take_pump():
+            if not self._deaths or not self.take_pump():
                 return
             try:
                 if not self._closed:
@@ -307,13 +252,13 @@ class ReplyRouter:
     def _has_work(self) -> bool:
         return bool(self._deaths) or self._closed or spin_any(self._spin_readers, 0.0)
 
-    # -- the direct path (Note [The direct path]) -------------------------------------
+    # -- the direct path's ownership (Note [The direct path] in direct.py) --------------
 
     def try_exclusive(self, rank: int) -> bool:
         """Takes the pump for a direct call to ``rank`` (every rank if ``TARGET_ALL``):
         only if no call is outstanding, no death is queued, the rank(s) are readable
         and no other thread pumps. If True, call :meth:`release_pump` when done."""
-        if self._pending or self._deaths or self._closed or not self._take_pump():
+        if self._pending or self._deaths or self._closed or not self.take_pump():
             return False
         # Read under the pump: only its holder processes deaths, which change these.
         readable = all(self._readable) if rank == TARGET_ALL else self._readable[rank]
@@ -322,101 +267,19 @@ class ReplyRouter:
         self.release_pump()
         return False
 
-    def _direct_spin_s(self, timeout: float | None) -> float:
-        """The spin window of a direct call, no longer than its timeout (no clock read:
-        past the window, the general path keeps the deadline)."""
-        spin_s = self._end.strategy.spin_s
-        return spin_s if timeout is None or timeout >= spin_s else max(0.0, timeout)
+    @property
+    def readers(self) -> tuple[RingReader, ...]:
+        """The reply rings of the readable ranks, in rank order."""
+        return self._spin_readers
 
-    def answer_direct(
-        self, rank: int, seq: int, name: str, timeout: float | None
-    ) -> tuple[bool, Any]:
-        """Reads the reply to request ``seq`` from ``rank``'s ring; call holding the pump
-        (:meth:`try_exclusive`) right after writing the request.
+    def reply_reader(self, rank: int) -> MessageReader:
+        """Rank ``rank``'s reply reader."""
+        return self._end.replies[rank]
 
-        Returns:
-            ``(True, value)``: the endpoint's result. ``(False, slot)``: the call goes
-            on on the general path; ``slot`` is registered, to :meth:`wait` for once
-            the pump is let go.
-
-        Raises:
-            Exception: What the endpoint raised, rebuilt (see ``_dispatch_batch``).
-            GroupClosedError: The group was shut down meanwhile.
-        """
-        reader = self._end.replies[rank]
-        ring = reader.ring
-        try:
-            taken = ring.take(loads, TARGET_ALL)
-            if taken is None and ring.spin(self._direct_spin_s(timeout)):
-                taken = ring.take(loads, TARGET_ALL)
-        except (ChannelBrokenError, ChannelClosedError):
-            taken = None  # the pump will see why, and process the death
-        if type(taken) is tuple and len(taken) == 3 and taken[0] == seq:
-            kind = taken[1]
-            if kind == RESULT:
-                return True, taken[2]
-            if kind == ERROR:
-                raise self._remote_error(rank, name, taken[2])
-        slot = CallSlot(seq, rank, name)
-        if self.register_all([slot]):
-            raise GroupClosedError("the group was shut down")
-        if isinstance(taken, tuple):
-            self._dispatch_batch([(rank, taken)])
-        elif taken is not None:
-            self._dispatch_record(rank, reader, taken)
-        return False, slot
-
-    def gather_direct(self, seq: int, name: str, timeout: float | None) -> tuple[bool, Any]:
-        """Reads every rank's reply to broadcast ``seq``; call holding the pump
-        (:meth:`try_exclusive` for every rank) right after writing the request.
-
-        Returns:
-            ``(True, results)``: every rank's result, in rank order. ``(False, slots)``:
-            the broadcast goes on on the general path (a rank raised, or was late);
-            ``slots`` (one per rank) are resolved or registered, to :meth:`wait` for
-            once the pump is let go.
-
-        Raises:
-            GroupClosedError: The group was shut down meanwhile.
-        """
-        readers = self._spin_readers  # every rank's, in rank order: all are readable
-        results: list[Any] = [None] * len(readers)
-        answered = [False] * len(readers)
-        missing = len(readers)
-        taken: list[tuple[int, tuple[Any, ...] | memoryview]] = []
-        while missing:
-            taken = take_each(readers, loads, TARGET_ALL)
-            if not taken and spin_any(readers, self._direct_spin_s(timeout)):
-                taken = take_each(readers, loads, TARGET_ALL)
-            if not taken:
-                break  # late, or a ring broke: the general path waits
-            for position, (rank, item) in enumerate(taken):
-                if (
-                    type(item) is not tuple
-                    or len(item) != 3
-                    or item[0] != seq
-                    or item[1] != RESULT
-                    or answered[rank]
-                ):
-                    taken = taken[position:]  # the general path dispatches the rest
-                    break
-                results[rank] = item[2]
-                answered[rank] = True
-                missing -= 1
-            else:
-                taken = []
-                continue
-            break
-        if not missing:
-            return True, results
-        slots = [CallSlot(seq, rank, name) for rank in range(len(readers))]
-        for slot in slots:
-            if answered[slot.rank]:
-                slot.resolve(results[slot.rank], None)
-        if self.register_all([slot for slot in slots if not slot.done]):
-            raise GroupClosedError("the group was shut down")
-        self._dispatch_taken(taken)
-        return False, slots
+    @property
+    def spin_s(self) -> float:
+        """How long a waiter spins before it parks."""
+        return self._end.strategy.spin_s
 
     # -- draining -------------------------------------------------------------------
 
@@ -425,13 +288,13 @@ class ReplyRouter:
         (or deaths to process)."""
         taken = take_each(self._spin_readers, loads, TARGET_ALL)
         if taken:
-            self._dispatch_taken(taken)
+            self.dispatch_taken(taken)
         if self._deaths:
             self._process_deaths()
             return True
         return bool(taken)
 
-    def _dispatch_taken(self, taken: list[tuple[int, tuple[Any, ...] | memoryview]]) -> None:
+    def dispatch_taken(self, taken: list[tuple[int, tuple[Any, ...] | memoryview]]) -> None:
         """Dispatches what ``take_each`` read, in ring order per rank: the one-record
         replies in one batch, and a record left to the general path by decoding it
         and then reading the rest of its ring the slow way."""
@@ -441,12 +304,12 @@ class ReplyRouter:
             if isinstance(item, tuple):
                 batch.append((rank, item))
                 continue
-            self._dispatch_batch(batch)  # what came before it, first
+            self.dispatch_batch(batch)  # what came before it, first
             batch = []
-            self._dispatch_record(rank, reader, item)
-        self._dispatch_batch(batch)
+            self.dispatch_record(rank, reader, item)
+        self.dispatch_batch(batch)
 
-    def _dispatch_record(self, rank: int, reader: MessageReader, record: memoryview) -> None:
+    def dispatch_record(self, rank: int, reader: MessageReader, record: memoryview) -> None:
         """Decodes a record ``take`` left to the general path and dispatches it, then
         reads the rest of that rank's ring the slow way."""
         message = reader.message_from(record)
@@ -464,7 +327,7 @@ class ReplyRouter:
             if taken is None:
                 return
             if isinstance(taken, tuple):
-                self._dispatch_batch([(rank, taken)])
+                self.dispatch_batch([(rank, taken)])
             elif not self._decode_and_dispatch(rank, taken):
                 return
 
@@ -481,10 +344,10 @@ class ReplyRouter:
         except Exception as error:
             error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
             reply = (tag, ERROR, error)
-        self._dispatch_batch([(rank, reply)])
+        self.dispatch_batch([(rank, reply)])
         return True
 
-    def _dispatch_batch(self, replies: list[tuple[int, Any]]) -> None:
+    def dispatch_batch(self, replies: list[tuple[int, Any]]) -> None:
         """Hands each ``(rank, (seq, kind, value))`` reply to its call (one lock for
         the batch); replies that answer no call go to ``on_control``."""
         if not replies:
@@ -502,14 +365,14 @@ class ReplyRouter:
                 if seq == NO_SEQ or kind == FATAL:
                     control.append((rank, Reply(seq, kind, value)))
                     continue
-                slot = pending.pop(_key(seq, rank), None)
+                slot = pending.pop(slot_key(seq, rank), None)
                 if slot is not None:  # else the answer to a call that timed out: dropped
                     answered.append((rank, slot, kind, value))
         for rank, slot, kind, value in answered:
             if kind == RESULT:
                 slot.resolve(value, None)
             elif kind == ERROR:
-                slot.resolve(None, self._remote_error(rank, slot.name, value))
+                slot.resolve(None, self.remote_error(rank, slot.name, value))
             else:
                 slot.resolve(Reply(slot.seq, kind, value), None)
         for rank, reply in control:
@@ -517,7 +380,7 @@ class ReplyRouter:
         if self._sleepers:
             self._notify()
 
-    def _remote_error(self, rank: int, endpoint: str, error: Any) -> BaseException:
+    def remote_error(self, rank: int, endpoint: str, error: Any) -> BaseException:
         """The exception an ERROR reply carries, rebuilt as its own type with a note."""
         if isinstance(error, RemoteFailure):
             error = rebuild(error)
@@ -528,7 +391,7 @@ class ReplyRouter:
 
     def drain_now(self) -> None:
         """Reads whatever replies are waiting, if no other thread is reading them."""
-        if self._take_pump():
+        if self.take_pump():
             try:
                 if not self._closed:
                     self._drain()
@@ -537,16 +400,17 @@ class ReplyRouter:
 
     note_poke = drain_now
 
-    def note_death(self, rank: int, make_error: Callable[[], ActorDiedError]) -> threading.Event:
+    def note_death(self, rank: int, outcome: DeathOutcome) -> threading.Event:
         """Queues ``rank``'s death; the returned event is set once it was processed.
 
         Runs in the monitor thread, after the rank's reply ring was marked broken.
-        ``make_error`` is called once the rank's last replies are drained, before its
-        outstanding calls fail with the error it returns.
+        ``outcome`` is called once the rank's last replies are drained, with the rank's
+        pending calls; it returns the rank's error and the calls that stay pending
+        (for its next incarnation or a later verdict); the others fail.
         """
         processed = threading.Event()
         with self._lock:
-            self._deaths.append((rank, make_error, processed))
+            self._deaths.append((rank, outcome, processed))
         self._end.reply_bell.interrupt()
         self.drain_now()
         return processed
@@ -554,20 +418,37 @@ class ReplyRouter:
     def _process_deaths(self) -> None:
         with self._lock:
             deaths, self._deaths = self._deaths, []
-        for rank, make_error, processed in deaths:
+        for rank, outcome, processed in deaths:
             self._drain_rank(rank, self._end.replies[rank])
-            error = make_error()
+            with self._lock:
+                mine = [slot for slot in self._pending.values() if slot.rank == rank]
+            error, kept = outcome(mine)
+            keep = {slot.key for slot in kept}
             with self._lock:
                 self._readable[rank] = False
                 self._update_drain_set()
-                failed = [slot for slot in self._pending.values() if slot.rank == rank]
+                failed = [slot for slot in mine if slot.key not in keep]
                 for slot in failed:
-                    del self._pending[slot.key]
+                    self._pending.pop(slot.key, None)
             for slot in failed:
-                slot.resolve(None, _with_call_note(error, slot.name))
+                slot.resolve(None, died_in_flight(error, slot.name))
             processed.set()
         with self._changed:
             self._changed.notify_all()
+
+    def pending_of(self, ranks: Iterable[int]) -> list[CallSlot]:
+        """The unanswered calls to ``ranks`` (to write again, or to fail)."""
+        wanted = set(ranks)
+        with self._lock:
+            return [slot for slot in self._pending.values() if slot.rank in wanted]
+
+    def fail(self, slots: Iterable[CallSlot], error: BaseException) -> None:
+        """Fails ``slots`` with ``error`` (those still pending)."""
+        with self._lock:
+            failed = [slot for slot in slots if self._pending.pop(slot.key, None) is not None]
+        for slot in failed:
+            slot.resolve(None, error)
+        self._notify()
 
     # -- calls nobody waits on ------------------------------------------------------
 
@@ -623,7 +504,7 @@ class ReplyRouter:
                     finally:
                         self._sleepers -= 1
                     continue
-            if self._take_pump():
+            if self.take_pump():
                 try:
                     slice_end = time.monotonic() + _SLICE_S
                     while (
@@ -670,15 +551,3 @@ class ReplyRouter:
             slot.resolve(None, make_error(slot))
         with self._changed:
             self._changed.notify_all()
-
-
-def _with_call_note(error: ActorDiedError, endpoint: str) -> ActorDiedError:
-    copy = ActorDiedError(
-        rank=error.rank,
-        pid=error.pid,
-        exitcode=error.exitcode,
-        group=error.group,
-        reason=error.reason,
-    )
-    copy.add_note(f"the call to endpoint {endpoint!r} was in flight when the rank died")
-    return copy

@@ -1,20 +1,24 @@
-"""``spawn``: start a group of ranks and return when every one is ready."""
+"""``spawn``: start a group of ranks under its restart policy; return when all are ready.
+
+Runs in the caller.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
+from ..actors.actor import Actor
+from ..actors.group import ActorGroup
+from ..actors.lifecycle import GroupLifecycle
 from ..processes.events import EventCallback, EventLog
 from ..processes.monitor import Monitor
 from ..processes.signals import register as register_with_signals
-from ..supervision.policy import RestartPolicy, SpawnOptions
-from .actor import Actor
-from .group import ActorGroup
-from .runtime import GroupRuntime
+from .group_policy import GroupPolicy
+from .policy import RestartPolicy, SpawnOptions
 
 
 def resolve_devices(devices: str | tuple[int, ...] | None, world_size: int) -> list[int | None]:
@@ -113,41 +117,40 @@ def spawn(
         )
     except ValidationError as error:
         raise ValueError(f"invalid spawn() options:\n{error}") from None
-    return start_group(actor_class, tuple(args), dict(kwargs or {}), options, on_event=on_event)
+    lifecycle = build_group(
+        actor_class, tuple(args), dict(kwargs or {}), options, events=EventLog(on_event)
+    )
+    if options.restart is not None:
+        lifecycle.authority = GroupPolicy(options.restart)
+    register_with_signals(lifecycle)  # a group without a supervisor is its own tree
+    return start_group(lifecycle)
 
 
-def start_group(
+def build_group(
     actor_class: type[Actor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     options: SpawnOptions,
     *,
-    on_event: EventCallback | None = None,
-    events: EventLog | None = None,
+    events: EventLog,
     monitor: Monitor | None = None,
-    on_failure: Callable[[BaseException, bool], None] | None = None,
-) -> ActorGroup:
-    """Builds a group's runtime and starts all its ranks (used by spawn and Supervisor).
-
-    A group without a supervisor (``on_failure`` None) is its own tree: it is put
-    under the SIGUSR1/SIGTERM handlers.
-    """
+) -> GroupLifecycle:
+    """Makes a group's lifecycle (mailbox, rank states), starting no process yet."""
     device_indices = resolve_devices(options.devices, options.world_size)
-    runtime = GroupRuntime(
-        actor_class,
-        args,
-        kwargs,
-        options,
-        device_indices,
-        events=events or EventLog(on_event),
-        monitor=monitor,
-        on_failure=on_failure,
+    return GroupLifecycle(
+        actor_class, args, kwargs, options, device_indices, events=events, monitor=monitor
     )
-    if on_failure is None:
-        register_with_signals(runtime)
+
+
+def start_group(lifecycle: GroupLifecycle) -> ActorGroup:
+    """Starts every rank of ``lifecycle``; on failure nothing of it is left running.
+
+    Raises:
+        ActorInitError: A rank failed to start; its exception is the ``__cause__``.
+    """
     try:
-        runtime.start(range(options.world_size), options.timeout)
+        lifecycle.start(range(lifecycle.world_size), lifecycle.options.timeout)
     except BaseException:
-        runtime.shutdown(timeout=0.0)
+        lifecycle.shutdown(timeout=0.0)
         raise
-    return ActorGroup(runtime)
+    return ActorGroup(lifecycle)

@@ -1,0 +1,606 @@
+r"""The life of a group's ranks in the caller: start, death, stop. No restart decisions.
+
+Runs in the caller: public calls arrive on user threads, deaths on the monitor
+thread, restarts on restart threads that a ``RestartAuthority`` (``supervision/``)
+asks for through :meth:`GroupLifecycle.in_background`.
+
+Each rank is in one state at a time::
+
+    STARTING --READY reply--> READY --process ended--> WAITING --authority: restart--> STARTING
+                                                          |
+                                                          +--no authority, or: stay dead--> DEAD
+
+Calls to a STARTING or WAITING rank wait (within their timeout); calls to a DEAD
+rank fail with its ActorDiedError at once; calls to a group that gave up or was shut
+down fail as ``outcomes.py`` says. Who decides between restart and stay-dead is not
+this module's business: the group's ``RestartAuthority`` (a group's own restart
+policy, or a supervisor) is told of every death and answers with :meth:`restart`,
+:meth:`stay_dead` or :meth:`give_up`. Until it answers, the rank is WAITING: a
+caller that caught the death's ActorDiedError and calls again at once waits for the
+verdict instead of racing it.
+
+Note [Calls a dead rank never read]
+-----------------------------------
+A call is *in flight* once it was sent to its rank, and a rank that dies fails its
+calls in flight with ActorDiedError: the endpoint may have run, and a call is never
+retried behind the user's back. But the design also says a call made *after* the
+death waits for the next incarnation, and a death happens before the monitor sees
+it: ``os.kill(pid, SIGKILL)`` followed at once by ``ref.call(...)`` writes the
+request to a rank that is already dying.
+
+Such a call is told apart without a clock. It took the direct path (Note [The
+direct path]: nothing else of the caller was outstanding), got no answer, and its
+slot remembers the request and where it starts in the request ring. When the rank
+dies, its read cursor says which requests it read. A rank that died *idle* (no call
+it read was unanswered) with such a request unread died before the request could
+reach it: the call stays pending and is written again, in order, to the next
+incarnation before any new call, or fails with the rank's death if it stays dead
+(``GroupClosedError`` / ``SupervisionError`` if the group closes or gives up).
+Everything else in flight fails with ActorDiedError, in particular calls queued
+behind a running one (the rank was busy) and asynchronous calls (``*_async`` never
+take the direct path). At-most-once holds either way: a request written again was
+never read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol
+
+from .._settings import SETTINGS
+from ..errors import (
+    ActorDiedError,
+    ActorInitError,
+    CallTimeoutError,
+    ChannelBrokenError,
+    SupervisionError,
+    describe_exit,
+)
+from ..processes.events import EventLog, SupervisionEvent
+from ..processes.launch import RANK_PROCESS_PREFIX, RankProcess, launch, start_context, stop
+from ..processes.monitor import Monitor
+from ..processes.signals import handlers_installed, stopping_on_sigterm
+from ..transport.codec import TARGET_ALL, dumps_by_value
+from ..transport.mailbox import CallerEnd, MailboxLayout
+from ..transport.ring import BROKEN, detach_reader
+from ..transport.waiting import WaitStrategy, spin_window_s
+from .direct import DirectPath
+from .messages import Reply
+from .options import GroupOptions
+from .outcomes import closed_after_give_up, shut_down, stopped_because
+from .pump import ReplyPump
+from .rank_main import RANK_MODULE, RankBoot, rank_main
+from .requests import RequestWriter
+from .slots import CallSlot
+
+STARTING, READY, WAITING, DEAD = "starting", "ready", "waiting", "dead"
+_FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
+_RESTART_TERM_S = 1.0
+_QUIESCE_S = 5.0  # how long shutdown waits for a thread still inside the rings
+_SHUTDOWN_TERM_S = 5.0
+_group_numbers = itertools.count()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RestartAuthority(Protocol):
+    """Decides what follows a rank's death; ``supervision/`` implements it."""
+
+    def rank_died(self, group: GroupLifecycle, rank: int, death: ActorDiedError) -> None:
+        """Called on the monitor thread once ``rank``'s death is recorded and its calls
+        in flight failed. Must answer, now or from :meth:`GroupLifecycle.in_background`,
+        with ``restart``, ``stay_dead`` or ``give_up``; calls to the rank wait until then.
+        """
+
+
+class GroupLifecycle:
+    """Processes, mailbox and rank states of one group.
+
+    Args:
+        actor_class: The actor class; ``args``/``kwargs`` go to its ``__init__``.
+        options: How ranks start and stop.
+        device_indices: One CUDA index (or None) per rank.
+        monitor: The tree's monitor thread; None starts one for this group alone.
+        events: The tree's event log.
+        supervisor_pid: The process that ranks signal with SIGUSR1 (this one).
+    """
+
+    def __init__(
+        self,
+        actor_class: type,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        options: GroupOptions,
+        device_indices: Sequence[int | None],
+        *,
+        monitor: Monitor | None = None,
+        events: EventLog | None = None,
+        supervisor_pid: int | None = None,
+    ) -> None:
+        self.actor_class = actor_class
+        self.options = options
+        self.world_size = options.world_size
+        self.name = options.name or f"{actor_class.__name__}-{next(_group_numbers)}"
+        self.device_indices = list(device_indices)
+        self.events = events or EventLog()
+        self.authority: RestartAuthority | None = None
+        self._supervisor_pid = supervisor_pid or os.getpid()
+        self._payload = dumps_by_value((actor_class, args, kwargs))
+        self._context = start_context(options.start_method, (RANK_MODULE, *options.preload))
+        self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
+        self.end = CallerEnd(self.layout, WaitStrategy(spin_s=spin_window_s(self.world_size)))
+        self.pump = ReplyPump(self.end, self.name, self.describe, self._on_control, self._claim_fds)
+        self.writer = RequestWriter(self.end.requests, self.pump, self)
+        self.direct = DirectPath(self.pump, self.writer, self)
+        self.ranks: list[RankProcess | None] = [None] * self.world_size
+        self.states = [STARTING] * self.world_size
+        self.deaths: list[ActorDiedError | None] = [None] * self.world_size
+        self._fatal_reasons: dict[int, str] = {}
+        self._claimed: set[int] = set()  # pids whose end is being handled (once each)
+        self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.RLock()  # one thread stops processes at a time
+        self.closing = threading.Event()
+        self.closed = False
+        self.gave_up: SupervisionError | None = None
+        self._owns_monitor = monitor is None
+        self.monitor = monitor or Monitor(f"torchtroupe-monitor-{self.name}", self.drain_now)
+        self.master_port = _free_port()
+
+    # -- naming ---------------------------------------------------------------------
+
+    def describe(self, rank: int) -> str:
+        """``"Worker rank 2 (pid 41) of group 'g'"``, for notes and messages."""
+        process = self.ranks[rank]
+        pid = process.pid if process is not None else None
+        return f"{self.actor_class.__qualname__} rank {rank} (pid {pid}) of group {self.name!r}"
+
+    def pids(self) -> list[int | None]:
+        """Current pid of each rank (None while a rank has no process)."""
+        return [None if p is None else p.pid for p in self.ranks]
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, ranks: Sequence[int], timeout: float | None) -> None:
+        """Starts ``ranks`` and waits until every one is ready; then writes to them the
+        calls their last incarnation never read (Note [Calls a dead rank never read]).
+
+        Raises:
+            ActorInitError: A rank failed to start; the remote exception (or its
+                ActorDiedError) is the ``__cause__``. The other new ranks are stopped.
+            GroupClosedError: The group closed or gave up meanwhile.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        slots: list[CallSlot] = []
+        with self.writer.send_lock:
+            for rank in ranks:
+                self.raise_if_closed()
+                self.layout.reset_rank(rank, self.end.requests.ring)
+                self.pump.open_rank(rank)
+                slot = CallSlot(next(self.writer.sequence), rank, "__init__")
+                self.pump.register(slot)
+                boot = RankBoot(
+                    group=self.name,
+                    rank=rank,
+                    world_size=self.world_size,
+                    layout=self.layout,
+                    actor=self._payload,
+                    ready_seq=slot.seq,
+                    device_index=self.device_indices[rank],
+                    master_port=self.master_port,
+                    distributed=self.options.distributed,
+                    supervisor_pid=self._supervisor_pid,
+                    signal_supervisor=handlers_installed(),
+                    env=dict(self.options.env),
+                )
+                title = f"{RANK_PROCESS_PREFIX}{self.name}:rank{rank}"
+                process = launch(self._context, rank, title, rank_main, (boot,))
+                with self._changed:
+                    self.ranks[rank] = process
+                    self.states[rank] = STARTING
+                self.monitor.watch(process.sentinel, partial(self._on_exit, rank, process))
+                slots.append(slot)
+        try:
+            self.pump.wait(
+                slots, deadline, lambda: f"ranks of group {self.name!r} not ready in {timeout}s"
+            )
+        except CallTimeoutError as error:
+            late = [slot.rank for slot in slots if not slot.done]
+            raise self._init_failed(
+                ranks, late[0], f"was not ready within {timeout}s", error
+            ) from error
+        for slot in slots:
+            if slot.error is not None:
+                raise self._init_failed(
+                    ranks, slot.rank, "failed to start", slot.error
+                ) from slot.error
+        with self.writer.send_lock:
+            unread = self.pump.pending_of(ranks)
+            unread.sort(key=lambda slot: slot.seq)
+            self.pump.fail(self.writer.write_again(unread, deadline), shut_down(self.name))
+            with self._changed:
+                for rank in ranks:
+                    self.states[rank] = READY
+                    self.deaths[rank] = None
+                self._changed.notify_all()
+        for rank in ranks:
+            started = self.ranks[rank]
+            self.events.record(
+                SupervisionEvent("started", self.name, rank, started.pid if started else None)
+            )
+
+    def restart(self, ranks: Sequence[int]) -> None:
+        """Starts new incarnations of ``ranks`` (stopped or dead), with a new process
+        group if the group is distributed; records ``restarted`` for each.
+
+        Raises:
+            ActorInitError: A rank failed to start again.
+            GroupClosedError: The group closed or gave up meanwhile.
+        """
+        if self.options.distributed is not None:
+            self.master_port = _free_port()  # a new process group needs a fresh store
+        self.start(ranks, self.options.timeout)
+        for rank in ranks:
+            incarnation = self.ranks[rank]
+            self.events.record(
+                SupervisionEvent(
+                    "restarted", self.name, rank, incarnation.pid if incarnation else None
+                )
+            )
+
+    def _init_failed(
+        self, ranks: Sequence[int], rank: int, what: str, cause: BaseException
+    ) -> ActorInitError:
+        self.stop_ranks(ranks, reason="another rank failed to start", graceful_s=0.0)
+        return ActorInitError(
+            f"{self.actor_class.__qualname__} rank {rank} of group {self.name!r} {what}: "
+            f"{type(cause).__name__}: {cause}",
+            rank=rank,
+            actor_name=self.actor_class.__qualname__,
+        )
+
+    # -- what callers wait for --------------------------------------------------------
+
+    def wait_ready(self, ranks: Sequence[int], deadline: float | None) -> None:
+        """Returns once every rank in ``ranks`` is READY or DEAD for good.
+
+        Raises:
+            GroupClosedError: The group was shut down, or had given up before the call.
+            SupervisionError: The group gave up while this call waited.
+            CallTimeoutError: A restart did not finish before the deadline.
+        """
+        states = self.states
+        if not self.closed and self.gave_up is None:
+            for rank in ranks:
+                if states[rank] != READY:
+                    break
+            else:
+                return
+        self.raise_if_closed()
+        with self._changed:
+            while True:
+                if self.gave_up is not None:
+                    raise self.gave_up
+                if self.closed:
+                    raise shut_down(self.name)
+                if all(states[r] in (READY, DEAD) for r in ranks):
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    waiting = [r for r in ranks if states[r] not in (READY, DEAD)]
+                    raise CallTimeoutError(
+                        f"rank(s) {waiting} of group {self.name!r} were restarting "
+                        f"past the deadline"
+                    )
+                self._changed.wait(remaining)
+
+    def wait_changed(self, timeout: float) -> None:
+        """Waits up to ``timeout`` for any rank to change state."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def death_of(self, rank: int) -> ActorDiedError | None:
+        """The death of ``rank`` if it stays dead, else None."""
+        return self.deaths[rank] if self.states[rank] == DEAD else None
+
+    def raise_if_closed(self) -> None:
+        """Raises the error a new call to a closed group gets."""
+        if self.gave_up is not None:
+            raise closed_after_give_up(self.name, self.gave_up)
+        if self.closed:
+            raise shut_down(self.name)
+
+    # -- fds and control replies --------------------------------------------------------
+
+    def drain_now(self) -> None:
+        """Reads waiting replies now (a rank sent SIGUSR1 after its FATAL report)."""
+        if not self.closed:
+            self.pump.drain_now()
+
+    def _claim_fds(self, rank: int, tag: int, count: int) -> list[int]:
+        process = self.ranks[rank]
+        if process is None:
+            raise ChannelBrokenError(f"rank {rank} has no process to receive fds from")
+        return process.fd_channel.receive(tag, count, timeout=_FD_TIMEOUT_S)
+
+    def send_fds(self, target: int, tag: int, fds: Sequence[int], deadline: float | None) -> None:
+        """Passes ``fds`` for message ``tag`` to ``target`` (or every live rank).
+
+        Call with the send lock held, before the message is published. A rank that
+        is gone is skipped: its death fails the call anyway.
+        """
+        ranks = range(self.world_size) if target == TARGET_ALL else [target]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for rank in ranks:
+            process = self.ranks[rank]
+            if process is None or self.states[rank] in (WAITING, DEAD):
+                continue
+            try:
+                process.fd_channel.send(tag, fds, timeout)
+            except TimeoutError:
+                raise  # the call fails: publishing without its fds would stall the rank
+            except (ChannelBrokenError, OSError):
+                continue
+
+    def _on_control(self, rank: int, reply: Reply) -> None:
+        self._fatal_reasons[rank] = str(reply.value)
+
+    # -- deaths ---------------------------------------------------------------------
+
+    def _on_exit(self, rank: int, process: RankProcess) -> None:
+        """Monitor thread: ``process`` (rank ``rank``) has ended on its own."""
+        with self._changed:
+            if self.closed or self.ranks[rank] is not process or process.pid in self._claimed:
+                return
+            self._claimed.add(process.pid)
+            starting = self.states[rank] == STARTING
+            # New calls wait for the authority's verdict; with none, the rank is dead
+            # for good before its calls fail, so a caller that catches the error sees it.
+            self.states[rank] = WAITING if starting or self.authority is not None else DEAD
+            self._changed.notify_all()
+        exitcode = process.exitcode
+        death = self._record_death(rank, process, exitcode, reason=None)
+        self.events.record(
+            SupervisionEvent(
+                "exited", self.name, rank, process.pid, exitcode, describe_exit(exitcode)
+            )
+        )
+        self._reap(rank, process)
+        if starting:
+            return  # its start fails; the thread running that start decides what next
+        if self.authority is None:
+            self.stay_dead(rank)
+        else:
+            self.authority.rank_died(self, rank, death)
+
+    def _record_death(
+        self, rank: int, process: RankProcess, exitcode: int | None, reason: str | None
+    ) -> ActorDiedError:
+        """Closes the dead rank's rings, drains its last replies and fails its calls in
+        flight; its unread calls stay pending (Note [Calls a dead rank never read])."""
+        self.layout.reply_ring(rank).set_state(BROKEN)
+        requests = self.layout.request_ring()
+        read_up_to = int(self.layout.region.words[requests.word_index(requests.reader_line(rank))])
+        detach_reader(requests, rank)
+        recorded: list[ActorDiedError] = []
+
+        def outcome(pending: list[CallSlot]) -> tuple[ActorDiedError, list[CallSlot]]:
+            # Called once the rank's last replies were drained, so a FATAL report it
+            # sent before dying is known.
+            error = ActorDiedError(
+                rank=rank,
+                pid=process.pid,
+                exitcode=exitcode,
+                group=self.name,
+                reason=self._fatal_reasons.pop(rank, None) or reason,
+            )
+            with self._changed:
+                self.deaths[rank] = error
+            recorded.append(error)
+            unread = [s for s in pending if s.request is not None and s.position >= read_up_to]
+            idle = len(unread) == len(pending)  # Note [Calls a dead rank never read]
+            return error, unread if idle else []
+
+        processed = self.pump.note_death(rank, outcome).wait(_QUIESCE_S)
+        if not processed or not recorded:
+            return outcome([])[0]  # the pump is closed (or stuck): record it here
+        return recorded[0]
+
+    def _reap(self, rank: int, process: RankProcess) -> None:
+        """Reaps a rank that ended and forgets its process (its pid reads None)."""
+        with self._stopping:  # shutdown() may be reaping it right now
+            stop([process], graceful_s=0.0)
+            process.fd_channel.close()  # after the drain: its last replies may carry fds
+            with self._changed:
+                self._claimed.discard(process.pid)
+                if self.ranks[rank] is process:
+                    self.ranks[rank] = None
+
+    # -- answers of the restart authority -----------------------------------------------
+
+    def hold(self, ranks: Sequence[int]) -> None:
+        """Makes calls to ``ranks`` wait: a restart or a verdict is coming."""
+        with self._changed:
+            for rank in ranks:
+                if self.states[rank] in (READY, DEAD):
+                    self.states[rank] = WAITING
+            self._changed.notify_all()
+
+    def stay_dead(self, rank: int) -> None:
+        """``rank`` will not come back: its calls, waiting and new, fail with its death."""
+        with self._changed:
+            if self.ranks[rank] is not None:
+                return  # a new incarnation is already starting
+            self.states[rank] = DEAD
+            self._changed.notify_all()
+        death = self.deaths[rank]
+        if death is not None:
+            self.pump.fail(self.pump.pending_of([rank]), death)
+
+    def give_up(self, error: SupervisionError, *, record: bool = True) -> None:
+        """Gives the group up: calls waiting or in flight get ``error``, later calls
+        GroupClosedError; every rank is stopped.
+
+        Args:
+            error: Why (every failure, root cause first).
+            record: Record a ``gave_up`` event for this group (a supervisor that gives
+                up records its own).
+        """
+        with self._changed:
+            if self.gave_up is not None or self.closed:
+                return
+            self.gave_up = error
+            self._changed.notify_all()
+        if record:
+            self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
+        self.pump.fail_all(lambda slot: error)
+        self.stop_ranks(range(self.world_size), reason="the group gave up", graceful_s=0.0)
+
+    def in_background(self, function: Callable[..., None], *args: object) -> None:
+        """Runs ``function(*args)`` on a thread that shutdown() joins.
+
+        Under the state lock, so a thread is either started and listed before
+        shutdown() looks, or not started at all.
+        """
+        with self._changed:
+            if self.closed:
+                return
+            thread = threading.Thread(
+                target=function, args=args, name=f"torchtroupe-restart-{self.name}", daemon=True
+            )
+            self._threads = [t for t in self._threads if t.is_alive()]
+            thread.start()
+            self._threads.append(thread)
+
+    # -- stopping -------------------------------------------------------------------
+
+    def stop_ranks(
+        self,
+        ranks: Sequence[int] | range,
+        *,
+        reason: str,
+        graceful_s: float,
+        cause: BaseException | None = None,
+    ) -> None:
+        """Stops ``ranks`` on purpose (for a restart, a give-up, a failed start): their
+        calls in flight fail with ActorDiedError saying ``reason`` (and naming the
+        rank whose death ``cause`` is); calls to them wait, as for a death."""
+        why = stopped_because(cause, reason)
+        with self._stopping:
+            victims = []
+            with self._changed:
+                for rank in ranks:
+                    process = self.ranks[rank]
+                    if self.states[rank] != DEAD:
+                        self.states[rank] = WAITING
+                    if process is not None and process.pid not in self._claimed:
+                        self._claimed.add(process.pid)
+                        victims.append((rank, process))
+            for _, process in victims:
+                self.monitor.unwatch(process.sentinel)
+            if graceful_s > 0 and victims:
+                self.writer.send_stop(graceful_s, [rank for rank, _ in victims], self.world_size)
+            died_first = [(rank, p) for rank, p in victims if p.exitcode is not None]
+            term_s = _RESTART_TERM_S if graceful_s == 0 else _SHUTDOWN_TERM_S
+            stop([process for _, process in victims], graceful_s=graceful_s, term_s=term_s)
+            for rank, process in died_first:  # dead before we stopped it: still an exit
+                self.events.record(
+                    SupervisionEvent(
+                        "exited",
+                        self.name,
+                        rank,
+                        process.pid,
+                        process.exitcode,
+                        describe_exit(process.exitcode),
+                    )
+                )
+            for rank, process in victims:
+                self._record_death(rank, process, process.exitcode, why)
+                self._reap(rank, process)
+
+    def poke(self) -> None:
+        """Wakes the monitor thread (a rank sent SIGUSR1)."""
+        self.monitor.poke()
+
+    def stop_on_signal(self) -> None:
+        """Shuts the group down (this process got SIGTERM)."""
+        self.shutdown(self.options.shutdown_s)
+
+    def shutdown(self, timeout: float, *, interrupted: bool = False) -> None:
+        """Graceful stop (STOP request), then SIGTERM, SIGKILL; reaps everything.
+
+        Args:
+            timeout: Seconds the ranks get to finish before SIGTERM.
+            interrupted: A Ctrl-C started this stop: say on stderr what it waits for.
+        """
+        with self._changed:
+            if self.closed:
+                return
+            self.closed = True
+            self.closing.set()
+            self._changed.notify_all()
+        in_flight = self.pump.pending_of(range(self.world_size))
+        closed = shut_down(self.name)
+        # Waiting calls fail now; a restart in progress sees its ranks' start fail and
+        # stops what it started, so joining it below does not wait for an __init__.
+        self.pump.fail_all(lambda slot: closed)
+        with self._changed:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        with self._stopping:
+            live = [r for r in range(self.world_size) if self.ranks[r] is not None]
+            if interrupted and live and timeout > 0:
+                self._say_what_stopping_waits_for(in_flight, timeout)
+            if live and timeout > 0:
+                self.writer.send_stop(timeout, live, self.world_size)
+            # A caller parked on a full request ring raises instead of writing on.
+            self.layout.request_ring().set_state(BROKEN)
+            processes = [p for p in self.ranks if p is not None]
+            for process in processes:
+                self.monitor.unwatch(process.sentinel)
+            try:
+                stop(processes, graceful_s=timeout)
+            finally:
+                for process in processes:
+                    process.fd_channel.close()
+                self.ranks = [None] * self.world_size
+        self.pump.fail_all(lambda slot: closed)
+        # Under our SIGTERM handler the interrupted main thread may hold the pump and
+        # cannot let go until we are done: do not wait for it (the process is ending).
+        quiesce_s = 0.0 if stopping_on_sigterm() else _QUIESCE_S
+        quiet = self.pump.close(timeout=quiesce_s)
+        if self._owns_monitor:
+            self.monitor.close()
+        # The memory goes only once no thread can be inside a ring: the pump is quiet
+        # and no sender holds the send lock. Otherwise it goes with the group object.
+        if quiet and self.writer.send_lock.acquire(timeout=quiesce_s):
+            try:
+                self.layout.region.release()
+            finally:
+                self.writer.send_lock.release()
+
+    def _say_what_stopping_waits_for(self, in_flight: list[CallSlot], timeout: float) -> None:
+        busy = sorted({(slot.rank, slot.name) for slot in in_flight})
+        what = (
+            ", ".join(f"{self.describe(rank)} in {name!r}" for rank, name in busy)
+            or f"the {self.world_size} rank(s) of group {self.name!r}"
+        )
+        sys.stderr.write(
+            f"torchtroupe: stopping group {self.name!r}: waiting up to {timeout:g}s for {what}; "
+            f"press Ctrl-C again to kill the ranks at once\n"
+        )
+        sys.stderr.flush()
