@@ -168,8 +168,12 @@ class GroupLifecycle:
         return f"{self.actor_class.__qualname__} rank {rank} (pid {pid}) of group {self.name!r}"
 
     def pids(self) -> list[int | None]:
-        """Current pid of each rank (None while a rank has no process)."""
-        return [None if p is None else p.pid for p in self.ranks]
+        """Current pid of each rank (None while a rank has no serving process: dead,
+        being stopped, or between incarnations)."""
+        return [
+            None if process is None or state in (WAITING, DEAD) else process.pid
+            for process, state in zip(self.ranks, self.states, strict=True)
+        ]
 
     # -- starting -------------------------------------------------------------------
 
