@@ -3,10 +3,10 @@
 from .actor import Actor as Actor
 from .actor import endpoint as endpoint
 from .actor import fatal as fatal
+from .authority import RestartAuthority as RestartAuthority
 from .group import ActorGroup as ActorGroup
 from .group import ActorRef as ActorRef
 from .lifecycle import GroupLifecycle as GroupLifecycle
-from .lifecycle import RestartAuthority as RestartAuthority
 from .options import GroupOptions as GroupOptions
 
 __all__ = [

@@ -15,36 +15,20 @@ keyword to the endpoint.
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import Any
 
 from ..errors import GroupClosedError
 from ..processes.events import SupervisionEvent
 from ..transport.codec import TARGET_ALL
 from .actor import check_call, endpoint_parameters, positional_ranges
+from .call_options import DEFAULT, GroupOptionsView, RefOptionsView, Unset, check_timeout
 from .lifecycle import DEAD, GroupLifecycle
 from .messages import CALL, RUN
 from .outcomes import gather, timeout_error
 from .slots import CallSlot
-
-
-class _Unset:
-    """The type of :data:`_DEFAULT`: no ``timeout=`` was written."""
-
-    def __repr__(self) -> str:
-        return "<no timeout given>"
-
-
-_DEFAULT: Final = _Unset()
-
-
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout}")
-    return None if timeout is None else time.monotonic() + timeout
 
 
 def _callable_name(function: Callable[..., Any]) -> str:
@@ -116,14 +100,14 @@ class ActorGroup:
     def options(self, *, timeout: float | None = None) -> GroupOptionsView:
         """A view of this group whose calls use ``timeout`` and pass every keyword
         argument to the endpoint (even one named ``timeout``)."""
-        _deadline(timeout)  # validates it
+        check_timeout(timeout)  # validates it
         return GroupOptionsView(self, timeout)
 
     # -- the machinery the public calls share ---------------------------------------------
 
-    def _resolve_timeout(self, name: str, timeout: float | _Unset | None) -> float | None:
+    def _resolve_timeout(self, name: str, timeout: float | Unset | None) -> float | None:
         """The call's timeout; refuses ``timeout=`` that could be the endpoint's own."""
-        if timeout is _DEFAULT:
+        if timeout is DEFAULT:
             return None
         if name in self._takes_timeout:
             raise TypeError(
@@ -179,7 +163,7 @@ class ActorGroup:
         arity = self._arity.get(name)
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(self._lifecycle.actor_class, name, args, kwargs)
-        deadline = None if timeout is None else _deadline(timeout)
+        deadline = None if timeout is None else check_timeout(timeout)
         direct = self._lifecycle.direct.call(rank, name, args, kwargs, timeout)
         if direct is None:
             slots = self._slots(CALL, name, [rank], None, args, kwargs, deadline)
@@ -195,7 +179,7 @@ class ActorGroup:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> list[Any]:
         self._check(name, args, kwargs)
-        deadline = None if timeout is None else _deadline(timeout)
+        deadline = None if timeout is None else check_timeout(timeout)
         direct = self._lifecycle.direct.call(TARGET_ALL, name, args, kwargs, timeout)
         if direct is None:
             slots = self._slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
@@ -221,7 +205,7 @@ class ActorGroup:
             )
         for each in args_per_rank:
             check_call(self._lifecycle.actor_class, name, tuple(each), kwargs)
-        deadline = _deadline(timeout)
+        deadline = check_timeout(timeout)
         slots = self._slots(CALL, name, self._all_ranks(), args_per_rank, (), kwargs, deadline)
         self._wait(slots, deadline, timeout, name)
         return gather(slots, self.name, name)
@@ -235,10 +219,20 @@ class ActorGroup:
         timeout: float | None,
     ) -> list[CallSlot]:
         name = _callable_name(function)
-        deadline = _deadline(timeout)
+        deadline = check_timeout(timeout)
         slots = self._slots(RUN, name, ranks, None, (function, *args), kwargs, deadline)
         self._wait(slots, deadline, timeout, name)
         return slots
+
+    def _run_all(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> list[Any]:
+        slots = self._run(self._all_ranks(), function, args, kwargs, timeout)
+        return gather(slots, self.name, _callable_name(function))
 
     def _future(
         self,
@@ -253,7 +247,7 @@ class ActorGroup:
         """Sends the call and returns a future of ``finish(slots)``, resolved once every
         slot is (on whichever thread resolves the last one); past the timeout it fails
         with CallTimeoutError."""
-        deadline = _deadline(timeout)
+        deadline = check_timeout(timeout)
         slots = self._slots(kind, name, ranks, None, args, kwargs, deadline)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
@@ -272,14 +266,14 @@ class ActorGroup:
                 future.set_exception(error)
 
         def on_done(_: CallSlot) -> None:
-            pump.async_resolved()
+            pump.futures.resolved()
             pump.after_pump(try_complete)  # user callbacks never run under the pump
 
         pending = [slot for slot in slots if not slot.done]
         for slot in pending:
             slot.callback = on_done
         if pending:
-            pump.track_async(
+            pump.futures.track(
                 pending, deadline, lambda: str(timeout_error(pending, self.name, name, timeout))
             )
         try_complete()  # also covers slots that resolved before their callback was set
@@ -291,7 +285,7 @@ class ActorGroup:
     # -- public calls ---------------------------------------------------------------
 
     def broadcast(
-        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
     ) -> list[Any]:
         """Calls endpoint ``name`` on every rank; returns the results in rank order.
 
@@ -305,7 +299,7 @@ class ActorGroup:
         return self._broadcast(name, args, kwargs, self._resolve_timeout(name, timeout))
 
     def broadcast_async(
-        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
     ) -> Future[list[Any]]:
         """Like :meth:`broadcast`, returning a future of the list of results.
 
@@ -329,7 +323,7 @@ class ActorGroup:
         args_per_rank: Sequence[tuple[Any, ...]],
         /,
         *,
-        timeout: float | _Unset | None = _DEFAULT,
+        timeout: float | Unset | None = DEFAULT,
         **kwargs: Any,
     ) -> list[Any]:
         """Calls ``name`` on every rank, rank ``i`` with the ``i``-th args tuple.
@@ -355,8 +349,7 @@ class ActorGroup:
         Returns:
             The results in rank order.
         """
-        slots = self._run(self._all_ranks(), function, args, kwargs, timeout)
-        return gather(slots, self.name, _callable_name(function))
+        return self._run_all(function, args, kwargs, timeout)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -404,11 +397,11 @@ class ActorRef:
     def options(self, *, timeout: float | None = None) -> RefOptionsView:
         """A view of this rank whose calls use ``timeout`` and pass every keyword
         argument to the endpoint (even one named ``timeout``)."""
-        _deadline(timeout)  # validates it
+        check_timeout(timeout)  # validates it
         return RefOptionsView(self, timeout)
 
     def call(
-        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
     ) -> Any:
         """Calls endpoint ``name`` on this rank and returns its result.
 
@@ -423,12 +416,12 @@ class ActorRef:
         group = self._group_ref()
         if group is None:
             group = self._group  # raises GroupClosedError
-        if timeout is _DEFAULT:
+        if timeout is DEFAULT:
             return group._call_one(self.rank, name, args, kwargs, None)
         return group._call_one(self.rank, name, args, kwargs, group._resolve_timeout(name, timeout))
 
     def call_async(
-        self, name: str, /, *args: Any, timeout: float | _Unset | None = _DEFAULT, **kwargs: Any
+        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
     ) -> Future[Any]:
         """Like :meth:`call`, returning a :class:`concurrent.futures.Future`.
 
@@ -473,72 +466,3 @@ class ActorRef:
 
     def __repr__(self) -> str:
         return f"<ActorRef rank {self.rank} of {self._group.name!r} pid {self.pid}>"
-
-
-class RefOptionsView:
-    """``ref.options(timeout=...)``: the same rank, with call options set apart from
-    the endpoint's arguments (every keyword goes to the endpoint)."""
-
-    def __init__(self, ref: ActorRef, timeout: float | None) -> None:
-        self._ref = ref
-        self._timeout = timeout
-
-    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`ActorRef.call` with this view's options."""
-        ref = self._ref
-        return ref._group._call_one(ref.rank, name, args, kwargs, self._timeout)
-
-    def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """:meth:`ActorRef.call_async` with this view's options."""
-        group = self._ref._group
-        check_call(group._lifecycle.actor_class, name, args, kwargs)
-        return group._future(
-            CALL, name, [self._ref.rank], args, kwargs, self._timeout, lambda s: s[0].outcome()
-        )
-
-    def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`ActorRef.run` with this view's options."""
-        group = self._ref._group
-        return group._run([self._ref.rank], function, args, kwargs, self._timeout)[0].outcome()
-
-
-class GroupOptionsView:
-    """``group.options(timeout=...)``: the same group, with call options set apart from
-    the endpoint's arguments (every keyword goes to the endpoint)."""
-
-    def __init__(self, group: ActorGroup, timeout: float | None) -> None:
-        self._group = group
-        self._timeout = timeout
-
-    def broadcast(self, name: str, /, *args: Any, **kwargs: Any) -> list[Any]:
-        """:meth:`ActorGroup.broadcast` with this view's options."""
-        return self._group._broadcast(name, args, kwargs, self._timeout)
-
-    def broadcast_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[list[Any]]:
-        """:meth:`ActorGroup.broadcast_async` with this view's options."""
-        group = self._group
-        check_call(group._lifecycle.actor_class, name, args, kwargs)
-        return group._future(
-            CALL,
-            name,
-            group._all_ranks(),
-            args,
-            kwargs,
-            self._timeout,
-            lambda slots: gather(slots, group.name, name),
-        )
-
-    def scatter(
-        self, name: str, args_per_rank: Sequence[tuple[Any, ...]], /, **kwargs: Any
-    ) -> list[Any]:
-        """:meth:`ActorGroup.scatter` with this view's options."""
-        return self._group._scatter(name, args_per_rank, kwargs, self._timeout)
-
-    def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
-        """:meth:`ActorGroup.run` with this view's options."""
-        group = self._group
-        slots = group._run(group._all_ranks(), function, args, kwargs, self._timeout)
-        return gather(slots, group.name, _callable_name(function))
-
-    def __getitem__(self, rank: int) -> RefOptionsView:
-        return RefOptionsView(self._group[rank], self._timeout)

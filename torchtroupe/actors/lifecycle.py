@@ -17,42 +17,18 @@ this module's business: the group's ``RestartAuthority`` (a group's own restart
 policy, or a supervisor) is told of every death and answers with :meth:`restart`,
 :meth:`stay_dead` or :meth:`give_up`. Until it answers, the rank is WAITING: a
 caller that caught the death's ActorDiedError and calls again at once waits for the
-verdict instead of racing it.
-
-Note [Calls a dead rank never read]
------------------------------------
-A call is *in flight* once it was sent to its rank, and a rank that dies fails its
-calls in flight with ActorDiedError: the endpoint may have run, and a call is never
-retried behind the user's back. But the design also says a call made *after* the
-death waits for the next incarnation, and a death happens before the monitor sees
-it: ``os.kill(pid, SIGKILL)`` followed at once by ``ref.call(...)`` writes the
-request to a rank that is already dying.
-
-Such a call is told apart without a clock. It took the direct path (Note [The
-direct path]: nothing else of the caller was outstanding), got no answer, and its
-slot remembers the request and where it starts in the request ring. When the rank
-dies, its read cursor says which requests it read. A rank that died *idle* (no call
-it read was unanswered) with such a request unread died before the request could
-reach it: the call stays pending and is written again, in order, to the next
-incarnation before any new call, or fails with the rank's death if it stays dead
-(``GroupClosedError`` / ``SupervisionError`` if the group closes or gives up).
-Everything else in flight fails with ActorDiedError, in particular calls queued
-behind a running one (the rank was busy) and asynchronous calls (``*_async`` never
-take the direct path). At-most-once holds either way: a request written again was
-never read.
+verdict instead of racing it. Which calls of a dead rank fail and which wait for its
+next incarnation: Note [Calls a dead rank never read] in ``deaths.py``.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Protocol
 
 from .._settings import SETTINGS
 from ..errors import (
@@ -64,19 +40,21 @@ from ..errors import (
     describe_exit,
 )
 from ..processes.events import EventLog, SupervisionEvent
-from ..processes.launch import RANK_PROCESS_PREFIX, RankProcess, launch, start_context, stop
+from ..processes.launch import RankProcess, stop
 from ..processes.monitor import Monitor
-from ..processes.signals import handlers_installed, stopping_on_sigterm
-from ..transport.codec import TARGET_ALL, dumps_by_value
+from ..processes.signals import stopping_on_sigterm
+from ..transport.fdpass import FdChannel
 from ..transport.mailbox import CallerEnd, MailboxLayout
-from ..transport.ring import BROKEN, detach_reader
+from ..transport.ring import BROKEN
 from ..transport.waiting import WaitStrategy, spin_window_s
+from .authority import RestartAuthority
+from .deaths import calls_to_keep, requests_read
 from .direct import DirectPath
+from .launcher import RankLauncher
 from .messages import Reply
 from .options import GroupOptions
-from .outcomes import closed_after_give_up, shut_down, stopped_because
+from .outcomes import closed_after_give_up, shut_down, stopped_because, stopping_message
 from .pump import ReplyPump
-from .rank_main import RANK_MODULE, RankBoot, rank_main
 from .requests import RequestWriter
 from .slots import CallSlot
 
@@ -86,23 +64,6 @@ _RESTART_TERM_S = 1.0
 _QUIESCE_S = 5.0  # how long shutdown waits for a thread still inside the rings
 _SHUTDOWN_TERM_S = 5.0
 _group_numbers = itertools.count()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class RestartAuthority(Protocol):
-    """Decides what follows a rank's death; ``supervision/`` implements it."""
-
-    def rank_died(self, group: GroupLifecycle, rank: int, death: ActorDiedError) -> None:
-        """Called on the monitor thread once ``rank``'s death is recorded and its calls
-        in flight failed. Must answer, now or from :meth:`GroupLifecycle.in_background`,
-        with ``restart``, ``stay_dead`` or ``give_up``; calls to the rank wait until then.
-        """
 
 
 class GroupLifecycle:
@@ -133,12 +94,11 @@ class GroupLifecycle:
         self.options = options
         self.world_size = options.world_size
         self.name = options.name or f"{actor_class.__name__}-{next(_group_numbers)}"
-        self.device_indices = list(device_indices)
         self.events = events or EventLog()
         self.authority: RestartAuthority | None = None
-        self._supervisor_pid = supervisor_pid or os.getpid()
-        self._payload = dumps_by_value((actor_class, args, kwargs))
-        self._context = start_context(options.start_method, (RANK_MODULE, *options.preload))
+        self.launcher = RankLauncher(
+            self.name, actor_class, args, kwargs, options, device_indices, supervisor_pid
+        )
         self.layout = MailboxLayout.create(self.world_size, SETTINGS.ring_bytes)
         self.end = CallerEnd(self.layout, WaitStrategy(spin_s=spin_window_s(self.world_size)))
         self.pump = ReplyPump(self.end, self.name, self.describe, self._on_control, self._claim_fds)
@@ -157,7 +117,6 @@ class GroupLifecycle:
         self.gave_up: SupervisionError | None = None
         self._owns_monitor = monitor is None
         self.monitor = monitor or Monitor(f"torchtroupe-monitor-{self.name}", self.drain_now)
-        self.master_port = _free_port()
 
     # -- naming ---------------------------------------------------------------------
 
@@ -179,7 +138,8 @@ class GroupLifecycle:
 
     def start(self, ranks: Sequence[int], timeout: float | None) -> None:
         """Starts ``ranks`` and waits until every one is ready; then writes to them the
-        calls their last incarnation never read (Note [Calls a dead rank never read]).
+        calls their last incarnation never read (Note [Calls a dead rank never read]
+        in ``deaths.py``).
 
         Raises:
             ActorInitError: A rank failed to start; the remote exception (or its
@@ -195,22 +155,7 @@ class GroupLifecycle:
                 self.pump.open_rank(rank)
                 slot = CallSlot(next(self.writer.sequence), rank, "__init__")
                 self.pump.register(slot)
-                boot = RankBoot(
-                    group=self.name,
-                    rank=rank,
-                    world_size=self.world_size,
-                    layout=self.layout,
-                    actor=self._payload,
-                    ready_seq=slot.seq,
-                    device_index=self.device_indices[rank],
-                    master_port=self.master_port,
-                    distributed=self.options.distributed,
-                    supervisor_pid=self._supervisor_pid,
-                    signal_supervisor=handlers_installed(),
-                    env=dict(self.options.env),
-                )
-                title = f"{RANK_PROCESS_PREFIX}{self.name}:rank{rank}"
-                process = launch(self._context, rank, title, rank_main, (boot,))
+                process = self.launcher.launch(rank, self.layout, slot.seq)
                 with self._changed:
                     self.ranks[rank] = process
                     self.states[rank] = STARTING
@@ -253,8 +198,7 @@ class GroupLifecycle:
             ActorInitError: A rank failed to start again.
             GroupClosedError: The group closed or gave up meanwhile.
         """
-        if self.options.distributed is not None:
-            self.master_port = _free_port()  # a new process group needs a fresh store
+        self.launcher.new_process_group()
         self.start(ranks, self.options.timeout)
         for rank in ranks:
             incarnation = self.ranks[rank]
@@ -339,24 +283,12 @@ class GroupLifecycle:
             raise ChannelBrokenError(f"rank {rank} has no process to receive fds from")
         return process.fd_channel.receive(tag, count, timeout=_FD_TIMEOUT_S)
 
-    def send_fds(self, target: int, tag: int, fds: Sequence[int], deadline: float | None) -> None:
-        """Passes ``fds`` for message ``tag`` to ``target`` (or every live rank).
-
-        Call with the send lock held, before the message is published. A rank that
-        is gone is skipped: its death fails the call anyway.
-        """
-        ranks = range(self.world_size) if target == TARGET_ALL else [target]
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        for rank in ranks:
-            process = self.ranks[rank]
-            if process is None or self.states[rank] in (WAITING, DEAD):
-                continue
-            try:
-                process.fd_channel.send(tag, fds, timeout)
-            except TimeoutError:
-                raise  # the call fails: publishing without its fds would stall the rank
-            except (ChannelBrokenError, OSError):
-                continue
+    def fd_channel(self, rank: int) -> FdChannel | None:
+        """The fd channel of ``rank``'s serving process, or None if it has none."""
+        process = self.ranks[rank]
+        if process is None or self.states[rank] in (WAITING, DEAD):
+            return None
+        return process.fd_channel
 
     def _on_control(self, rank: int, reply: Reply) -> None:
         self._fatal_reasons[rank] = str(reply.value)
@@ -393,11 +325,9 @@ class GroupLifecycle:
         self, rank: int, process: RankProcess, exitcode: int | None, reason: str | None
     ) -> ActorDiedError:
         """Closes the dead rank's rings, drains its last replies and fails its calls in
-        flight; its unread calls stay pending (Note [Calls a dead rank never read])."""
+        flight; some unread calls stay pending (``deaths.py``)."""
         self.layout.reply_ring(rank).set_state(BROKEN)
-        requests = self.layout.request_ring()
-        read_up_to = int(self.layout.region.words[requests.word_index(requests.reader_line(rank))])
-        detach_reader(requests, rank)
+        read_up_to = requests_read(self.layout, rank)
         recorded: list[ActorDiedError] = []
 
         def outcome(pending: list[CallSlot]) -> tuple[ActorDiedError, list[CallSlot]]:
@@ -413,9 +343,7 @@ class GroupLifecycle:
             with self._changed:
                 self.deaths[rank] = error
             recorded.append(error)
-            unread = [s for s in pending if s.request is not None and s.position >= read_up_to]
-            idle = len(unread) == len(pending)  # Note [Calls a dead rank never read]
-            return error, unread if idle else []
+            return error, calls_to_keep(pending, read_up_to)
 
         processed = self.pump.note_death(rank, outcome).wait(_QUIESCE_S)
         if not processed or not recorded:
@@ -568,7 +496,9 @@ class GroupLifecycle:
         with self._stopping:
             live = [r for r in range(self.world_size) if self.ranks[r] is not None]
             if interrupted and live and timeout > 0:
-                self._say_what_stopping_waits_for(in_flight, timeout)
+                busy = [(slot.rank, self.describe(slot.rank), slot.name) for slot in in_flight]
+                sys.stderr.write(stopping_message(self.name, busy, self.world_size, timeout))
+                sys.stderr.flush()
             if live and timeout > 0:
                 self.writer.send_stop(timeout, live, self.world_size)
             # A caller parked on a full request ring raises instead of writing on.
@@ -596,15 +526,3 @@ class GroupLifecycle:
                 self.layout.region.release()
             finally:
                 self.writer.send_lock.release()
-
-    def _say_what_stopping_waits_for(self, in_flight: list[CallSlot], timeout: float) -> None:
-        busy = sorted({(slot.rank, slot.name) for slot in in_flight})
-        what = (
-            ", ".join(f"{self.describe(rank)} in {name!r}" for rank, name in busy)
-            or f"the {self.world_size} rank(s) of group {self.name!r}"
-        )
-        sys.stderr.write(
-            f"torchtroupe: stopping group {self.name!r}: waiting up to {timeout:g}s for {what}; "
-            f"press Ctrl-C again to kill the ranks at once\n"
-        )
-        sys.stderr.flush()

@@ -116,3 +116,17 @@ def timeout_error(
 ) -> CallTimeoutError:
     """A CallTimeoutError for ``slots`` (see :func:`timed_out`)."""
     return CallTimeoutError(timed_out(slots, group, endpoint, timeout))
+
+
+def stopping_message(
+    group: str, busy: Sequence[tuple[int, str, str]], world_size: int, timeout: float
+) -> str:
+    """What a Ctrl-C'd shutdown says it waits for: ``busy`` holds (rank, description,
+    endpoint) of each call in flight."""
+    seen = sorted({(rank, who, endpoint) for rank, who, endpoint in busy})
+    what = ", ".join(f"{who} in {endpoint!r}" for _, who, endpoint in seen)
+    what = what or f"the {world_size} rank(s) of group {group!r}"
+    return (
+        f"torchtroupe: stopping group {group!r}: waiting up to {timeout:g}s for {what}; "
+        f"press Ctrl-C again to kill the ranks at once\n"
+    )

@@ -10,7 +10,8 @@ lock and reads the reply rings itself, dispatching every reply it finds to its
 call slot by sequence number. Threads that find the pump taken wait on a condition
 that the pumping thread notifies after each dispatch and when it lets go, so one
 of them takes over. Futures of asynchronous calls that nobody waits on are served
-by a background thread that pumps only while such calls are outstanding.
+by a background thread that pumps only while such calls are outstanding
+(``async_replies.py``).
 
 A call with nothing else outstanding takes a shorter way, the *direct path*: see
 Note [The direct path] in ``direct.py``.
@@ -45,6 +46,7 @@ from ..transport.mailbox import CallerEnd
 from ..transport.ring import RingReader, spin_any, take_each
 from ..transport.stream import IncomingMessage, MessageAbortedError, MessageReader
 from ..transport.waiting import wait_until
+from .async_replies import AsyncReplies
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
 from .outcomes import died_in_flight, shut_down
 from .slots import CallSlot, all_done, slot_key
@@ -91,10 +93,8 @@ class ReplyPump:
         self._spin_readers: tuple[RingReader, ...] = ()  # their reply rings
         self._deaths: list[tuple[int, DeathOutcome, threading.Event]] = []
         self._sleepers = 0  # threads waiting on _changed; nobody to notify when 0
-        self._async_outstanding = 0
-        self._async_deadlines: list[tuple[float, list[CallSlot], Callable[[], str]]] = []
-        self._async_thread: threading.Thread | None = None
         self._closed = False
+        self.futures = AsyncReplies(self)
 
     # -- registration ---------------------------------------------------------------
 
@@ -450,71 +450,44 @@ class ReplyPump:
             slot.resolve(None, error)
         self._notify()
 
-    # -- calls nobody waits on ------------------------------------------------------
+    # -- what the async-reply thread uses (async_replies.py) ------------------------------
 
-    def track_async(
-        self, slots: list[CallSlot], deadline: float | None, what: Callable[[], str]
-    ) -> None:
-        """Makes sure ``slots`` resolve even if no thread ever waits on them, and fail
-        with CallTimeoutError (``what()`` says which call) once ``deadline`` passes."""
-        with self._lock:
-            if deadline is not None:
-                self._async_deadlines.append((deadline, slots, what))
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` began."""
+        return self._closed
+
+    def idle_wait(self, timeout: float) -> None:
+        """Waits up to ``timeout`` for a notification (a dispatch, a let-go, a close)."""
         with self._changed:
-            self._async_outstanding += len(slots)
-            if self._async_thread is None:
-                self._async_thread = threading.Thread(
-                    target=self._serve_async, name="torchtroupe-replies", daemon=True
-                )
-                self._async_thread.start()
+            if self._closed:
+                return
+            self._sleepers += 1
+            try:
+                self._changed.wait(timeout)
+            finally:
+                self._sleepers -= 1
+
+    def wake_idle(self) -> None:
+        """Wakes the threads in :meth:`idle_wait`."""
+        with self._changed:
             self._changed.notify_all()
 
-    def async_resolved(self, count: int = 1) -> None:
-        """Called by async slots' callbacks as they resolve."""
-        with self._changed:
-            self._async_outstanding -= count
+    @property
+    def busy(self) -> bool:
+        """True while some thread holds the pump."""
+        return self._pump.locked()
 
-    def _expire_async(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [entry for entry in self._async_deadlines if entry[0] <= now]
-            self._async_deadlines = [
-                entry
-                for entry in self._async_deadlines
-                if entry[0] > now and not all(slot.done for slot in entry[1])
-            ]
-        for _, slots, what in due:
-            late = [slot for slot in slots if not slot.done]
-            if late:
-                self.forget(late)  # their replies, if they ever come, are dropped
-                error = CallTimeoutError(what())
-                for slot in late:
-                    slot.resolve(None, error)
-
-    def _serve_async(self) -> None:
-        """The async-reply thread: pumps while async calls are outstanding, and
-        expires those past their deadline (checked at least every slice)."""
-        while not self._closed:
-            self._expire_async()
-            with self._changed:
-                if self._async_outstanding <= 0 or self._pump.locked():
-                    self._sleepers += 1
-                    try:
-                        self._changed.wait(_SLICE_S)
-                    finally:
-                        self._sleepers -= 1
-                    continue
-            if self.take_pump():
-                try:
-                    slice_end = time.monotonic() + _SLICE_S
-                    while (
-                        self._async_outstanding > 0
-                        and not self._closed
-                        and time.monotonic() < slice_end
-                    ):
-                        self._pump_once(slice_end)
-                finally:
-                    self.release_pump()
+    def pump_while(self, keep_going: Callable[[], bool], seconds: float) -> None:
+        """Pumps for up to ``seconds`` while ``keep_going()``, if the pump is free."""
+        if not self.take_pump():
+            return
+        try:
+            slice_end = time.monotonic() + seconds
+            while keep_going() and not self._closed and time.monotonic() < slice_end:
+                self._pump_once(slice_end)
+        finally:
+            self.release_pump()
 
     def close(self, timeout: float) -> bool:
         """Stops the async-reply thread and all reading of the rings, for good.
@@ -534,9 +507,7 @@ class ReplyPump:
             deaths, self._deaths = self._deaths, []
         for _, _, processed in deaths:
             processed.set()  # nobody will drain them now
-        thread = self._async_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self.futures.join(timeout)
         if not self._pump.acquire(timeout=timeout):  # a drain in progress (a poke, a waiter)
             return False
         self._pump.release()

@@ -24,6 +24,7 @@ from ..errors import (
     ChannelClosedError,
 )
 from ..transport.codec import TARGET_ALL, EncodedMessage, Encoder, send_encoded
+from ..transport.fdpass import FdChannel
 from ..transport.stream import MessageWriter
 from .messages import STOP, Request
 from .pump import ReplyPump
@@ -36,6 +37,7 @@ class CallGate(Protocol):
     """What the writer asks of a group's lifecycle before and while it writes."""
 
     name: str
+    world_size: int
     closed: bool
 
     def wait_ready(self, ranks: Sequence[int], deadline: float | None) -> None:
@@ -50,8 +52,8 @@ class CallGate(Protocol):
     def wait_changed(self, timeout: float) -> None:
         """Waits up to ``timeout`` for any rank to change state."""
 
-    def send_fds(self, target: int, tag: int, fds: Sequence[int], deadline: float | None) -> None:
-        """Passes ``fds`` for message ``tag`` to ``target`` before it is published."""
+    def fd_channel(self, rank: int) -> FdChannel | None:
+        """The fd channel of ``rank``'s serving process, or None if it has none."""
 
 
 class RequestWriter:
@@ -143,7 +145,7 @@ class RequestWriter:
                 if target != TARGET_ALL and slots[ranks.index(target)].done:
                     continue  # that rank is dead: its slot already failed
                 if isinstance(message, EncodedMessage) and message.fds:
-                    self.gate.send_fds(target, seq, message.fds, deadline)
+                    self._send_fds(target, seq, message.fds, deadline)
                 send_encoded(self.requests, message, target, seq, deadline=deadline, wake=target)
         except BaseException as error:
             self.pump.forget(slots)
@@ -154,6 +156,25 @@ class RequestWriter:
             raise CallTimeoutError(
                 f"the request ring of group {self.gate.name!r} stayed full until the deadline"
             ) from error
+
+    def _send_fds(self, target: int, tag: int, fds: Sequence[int], deadline: float | None) -> None:
+        """Passes ``fds`` for message ``tag`` to ``target`` (or every serving rank).
+
+        Call with the send lock held, before the message is published. A rank that
+        is gone is skipped: its death fails the call anyway.
+        """
+        ranks = range(self.gate.world_size) if target == TARGET_ALL else [target]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for rank in ranks:
+            channel = self.gate.fd_channel(rank)
+            if channel is None:
+                continue
+            try:
+                channel.send(tag, fds, timeout)
+            except TimeoutError:
+                raise  # the call fails: publishing without its fds would stall the rank
+            except (ChannelBrokenError, OSError):
+                continue
 
     def write_again(self, slots: Sequence[CallSlot], deadline: float | None) -> list[CallSlot]:
         """Writes each slot's request again, to its rank alone (a new incarnation that
@@ -176,7 +197,7 @@ class RequestWriter:
                 slot.request = again
                 slot.position = self.requests.ring.cursor
                 if isinstance(message, EncodedMessage) and message.fds:
-                    self.gate.send_fds(slot.rank, slot.seq, message.fds, deadline)
+                    self._send_fds(slot.rank, slot.seq, message.fds, deadline)
                 send_encoded(
                     self.requests, message, slot.rank, slot.seq, deadline=deadline, wake=slot.rank
                 )
