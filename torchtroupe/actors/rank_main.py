@@ -107,8 +107,7 @@ def _watch_death_pipe(connection: Connection) -> None:
     threading.Thread(target=watch, name="torchtroupe-death-pipe", daemon=True).start()
 
 
-def _is_sticky_cuda_error(error: BaseException) -> bool:
-    text = str(error)
+def _is_sticky_cuda_error(text: str) -> bool:
     return "CUDA" in text and any(marker in text for marker in _STICKY_CUDA_ERRORS)
 
 
@@ -289,10 +288,16 @@ class RankRuntime:
         self.reply(seq, RESULT, value)
 
     def _reply_error(self, seq: int, name: str, error: BaseException) -> None:
-        """Answers request ``seq`` with ``error``; a sticky CUDA error then ends the rank."""
-        self.reply(seq, ERROR, capture(error))
-        if _is_sticky_cuda_error(error):
-            self.die(f"unrecoverable CUDA error in {name!r}: {error}")
+        """Answers request ``seq`` with ``error``; a sticky CUDA error then ends the rank.
+
+        However ``error`` is made (a traceback as deep as a recursion limit, a chain of
+        causes that never ends, a ``__str__`` that raises), the caller gets an answer
+        and the rank serves on: ``capture`` bounds the record and never raises.
+        """
+        failure = capture(error)
+        self.reply(seq, ERROR, failure)
+        if _is_sticky_cuda_error(failure.message):  # the message as read once, safely
+            self.die(f"unrecoverable CUDA error in {name!r}: {failure.message}")
 
 
 def _loopback_store(boot: RankBoot) -> Any:
