@@ -6,13 +6,14 @@ the rank serves on.
 
 from __future__ import annotations
 
+import itertools
 import re
 import traceback
 
 import pytest
 
 import torchtroupe as tt
-from tests.actors.rank_error_actors import NotRebuildable, Raiser, Unprintable
+from tests.actors.rank_error_actors import DIVIDE_LINE, NotRebuildable, Raiser, Unprintable
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.actors.rank_main import FATAL_EXIT_CODE
 
@@ -149,3 +150,32 @@ def test_an_error_naming_a_sticky_cuda_failure_is_answered_then_ends_the_rank() 
     assert died.value.exitcode == FATAL_EXIT_CODE
     assert died.value.reason is not None
     assert "device-side assert" in died.value.reason
+
+
+# -- where the carets point -------------------------------------------------------------
+
+
+def _caret_spans(text: str) -> list[tuple[str, str]]:
+    """Each source line of a formatted traceback that is followed by a caret line."""
+    lines = text.splitlines()
+    return [
+        (source, carets)
+        for source, carets in itertools.pairwise(lines)
+        if carets.strip() and set(carets.strip()) <= set("^~")
+    ]
+
+
+def test_the_carets_of_remote_frames_stand_under_the_expression_that_failed() -> None:
+    with _spawn_one() as group, pytest.raises(ZeroDivisionError) as caught:
+        group[0].call("divide_ten_by", 0, timeout=SHORT_TIMEOUT)
+    spans = _caret_spans(_formatted(caught.value))
+    divide = [(source, carets) for source, carets in spans if source.strip() == DIVIDE_LINE]
+    assert len(divide) == 1, spans
+    source, carets = divide[0]
+    start = source.index("10 // x")
+    assert carets.rstrip() == " " * start + "~~~^^~~"  # as Python prints it in the rank
+    for source, carets in spans:  # no frame's carets stray outside its code
+        code_start = len(source) - len(source.lstrip())
+        caret_start = len(carets) - len(carets.lstrip())
+        assert code_start <= caret_start, (source, carets)
+        assert len(carets.rstrip()) <= len(source.rstrip()), (source, carets)
