@@ -1,21 +1,31 @@
-"""What a rank's serve loop does with exceptions that are hard to send back.
+"""What a rank's serve loop does with exceptions that are hard to send back, and with
+a stop that breaks its rings.
 
 Whatever an endpoint raises, the caller gets it (as its own type, or RemoteError) and
-the rank serves on.
+the rank serves on; a rank stopped while parked exits without printing anything.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
+import sys
 import traceback
+from pathlib import Path
 
 import pytest
 
 import torchtroupe as tt
+from tests.actors.quiet_stop_driver import ROUNDS
 from tests.actors.rank_error_actors import DIVIDE_LINE, NotRebuildable, Raiser, Unprintable
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from torchtroupe.actors.rank_main import FATAL_EXIT_CODE
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# The driver starts its own forkserver (importing torch), then a group or two per round.
+DRIVER_TIMEOUT = 100.0
 
 
 def _spawn_one() -> tt.ActorGroup:
@@ -179,3 +189,27 @@ def test_the_carets_of_remote_frames_stand_under_the_expression_that_failed() ->
         caret_start = len(carets) - len(carets.lstrip())
         assert code_start <= caret_start, (source, carets)
         assert len(carets.rstrip()) <= len(source.rstrip()), (source, carets)
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(DRIVER_TIMEOUT + 20)
+def test_ranks_stopped_while_parked_exit_without_printing_a_traceback() -> None:
+    environment = dict(os.environ, TORCHTROUPE_SPIN_US="0")
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")])
+    )
+    driver = subprocess.run(
+        [sys.executable, "-m", "tests.actors.quiet_stop_driver"],
+        cwd=REPOSITORY,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=DRIVER_TIMEOUT,
+        check=False,
+    )
+    assert driver.returncode == 0, driver.stderr
+    assert f"stopped {len(ROUNDS)} groups" in driver.stdout
+    assert "Traceback" not in driver.stderr, driver.stderr
+    assert "Error" not in driver.stderr, driver.stderr
