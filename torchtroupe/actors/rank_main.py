@@ -31,6 +31,7 @@ import cloudpickle
 import torch
 
 from .._remote_errors import capture
+from ..errors import ChannelBrokenError, ChannelClosedError
 from ..transport.codec import (
     TARGET_ALL,
     EncodedMessage,
@@ -107,8 +108,7 @@ def _watch_death_pipe(connection: Connection) -> None:
     threading.Thread(target=watch, name="torchtroupe-death-pipe", daemon=True).start()
 
 
-def _is_sticky_cuda_error(error: BaseException) -> bool:
-    text = str(error)
+def _is_sticky_cuda_error(text: str) -> bool:
     return "CUDA" in text and any(marker in text for marker in _STICKY_CUDA_ERRORS)
 
 
@@ -184,36 +184,56 @@ class RankRuntime:
         self.actor = actor
 
     def serve(self) -> None:
-        """Answers requests one at a time until a STOP request.
+        """Answers requests one at a time until a STOP request, or until the caller
+        breaks or closes the rings (see Note [A rank stops quietly]).
 
         A call that came in one record without tensors is answered right here, as
         :meth:`handle` would answer it, written out flat: it is every call's path.
         Everything else goes through :meth:`serve_one`.
+
+        Note [A rank stops quietly]
+        ---------------------------
+        The caller is the only writer of the request ring and the only reader of the
+        reply rings. It breaks the request ring when it shuts the group down (right
+        after the STOP request, or instead of it when there is no time to wait) and a
+        reply ring when it has given this rank up. Either way nobody will read what
+        this rank would say, so it leaves the serve loop as after a STOP and its
+        process exits with code 0, printing nothing: an uncaught ChannelBrokenError
+        here would print a traceback for every rank of every group shut down while
+        its ranks waited. Records written before the break are still read first, so
+        a STOP that got there is answered. A caller that died instead ends the rank
+        through its death pipe, not through this path.
         """
         ring = self.end.requests.ring
         actor = self.actor
         rank = self.boot.rank
         spin_s = self.end.strategy.spin_s
-        while True:
-            taken = ring.take(loads, rank)
-            if taken is None:
-                if not ring.spin(spin_s):  # in the ring core: the reply's latency
-                    ring.wait(deadline=None)
-                continue
-            if type(taken) is not tuple or len(taken) != 5 or taken[1] != CALL:
-                if not self.serve_one(taken):
-                    return
-                continue
-            self._last_request = taken
-            seq, _, name, args, kwargs = taken
-            try:
-                value = getattr(actor, name)(*args, **kwargs)
-            except SystemExit:
-                raise
-            except BaseException as error:
-                self._reply_error(seq, name, error)
-                continue
-            self.reply(seq, RESULT, value)
+        try:
+            while True:
+                taken = ring.take(loads, rank)
+                if taken is None:
+                    if not ring.spin(spin_s):  # in the ring core: the reply's latency
+                        ring.wait(deadline=None)
+                    continue
+                if type(taken) is not tuple or len(taken) != 5 or taken[1] != CALL:
+                    if not self.serve_one(taken):
+                        return
+                    continue
+                self._last_request = taken
+                seq, _, name, args, kwargs = taken
+                try:
+                    value = getattr(actor, name)(*args, **kwargs)
+                except SystemExit:
+                    raise
+                except BaseException as error:
+                    self._reply_error(seq, name, error)
+                    continue
+                self.reply(seq, RESULT, value)
+        except (ChannelBrokenError, ChannelClosedError) as error:
+            # See Note [A rank stops quietly].
+            logger.debug(
+                "group %s rank %d (pid %d) stops: %s", self.boot.group, rank, os.getpid(), error
+            )
 
     def serve_one(self, taken: tuple[Any, ...] | memoryview | None = None) -> bool:
         """Waits for the next request for this rank and answers it. Returns False after
@@ -289,10 +309,16 @@ class RankRuntime:
         self.reply(seq, RESULT, value)
 
     def _reply_error(self, seq: int, name: str, error: BaseException) -> None:
-        """Answers request ``seq`` with ``error``; a sticky CUDA error then ends the rank."""
-        self.reply(seq, ERROR, capture(error))
-        if _is_sticky_cuda_error(error):
-            self.die(f"unrecoverable CUDA error in {name!r}: {error}")
+        """Answers request ``seq`` with ``error``; a sticky CUDA error then ends the rank.
+
+        However ``error`` is made (a traceback as deep as a recursion limit, a chain of
+        causes that never ends, a ``__str__`` that raises), the caller gets an answer
+        and the rank serves on: ``capture`` bounds the record and never raises.
+        """
+        failure = capture(error)
+        self.reply(seq, ERROR, failure)
+        if _is_sticky_cuda_error(failure.message):  # the message as read once, safely
+            self.die(f"unrecoverable CUDA error in {name!r}: {failure.message}")
 
 
 def _loopback_store(boot: RankBoot) -> Any:
