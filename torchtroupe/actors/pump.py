@@ -34,21 +34,21 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from .._remote_errors import RemoteFailure, rebuild
 from ..errors import (
     ActorDiedError,
     CallTimeoutError,
     ChannelBrokenError,
     ChannelClosedError,
 )
-from ..transport.codec import TARGET_ALL, decode, loads, peek_target
+from ..transport.codec import TARGET_ALL, loads
 from ..transport.mailbox import CallerEnd
 from ..transport.ring import RingReader, spin_any, take_each
-from ..transport.stream import IncomingMessage, MessageAbortedError, MessageReader
+from ..transport.stream import IncomingMessage, MessageReader
 from ..transport.waiting import wait_until
 from .async_replies import AsyncReplies
 from .messages import ERROR, FATAL, NO_SEQ, RESULT, Reply
 from .outcomes import died_in_flight, shut_down
+from .replies import ABORTED_REPLY, BROKEN_REPLY, decode_reply, rebuild_remote_error
 from .slots import CallSlot, all_done, slot_key
 
 _SLICE_S = 0.05
@@ -176,6 +176,7 @@ class ReplyPump:
                 self._changed.notify_all()
 
     def take_pump(self) -> bool:
+        """Takes the pump if it is free (then call :meth:`release_pump`)."""
         if not self._pump.acquire(blocking=False):
             return False
         try:
@@ -332,19 +333,13 @@ class ReplyPump:
                 return
 
     def _decode_and_dispatch(self, rank: int, message: IncomingMessage) -> bool:
-        """Decodes a reply the general way (tensors, fds, fragments). False if the ring
-        broke in the middle of it."""
-        _, tag = peek_target(message)
-        try:
-            reply = decode(message, partial(self._claim_fds, rank))
-        except MessageAbortedError:
-            return True
-        except (ChannelBrokenError, ChannelClosedError):
+        """Decodes a reply the general way (tensors, fds, fragments) and dispatches it.
+        False if the ring broke in the middle of it."""
+        reply = decode_reply(message, partial(self._claim_fds, rank), lambda: self._describe(rank))
+        if reply is BROKEN_REPLY:
             return False
-        except Exception as error:
-            error.add_note(f"the reply from {self._describe(rank)} could not be unpickled here")
-            reply = (tag, ERROR, error)
-        self.dispatch_batch([(rank, reply)])
+        if reply is not ABORTED_REPLY:
+            self.dispatch_batch([(rank, reply)])
         return True
 
     def dispatch_batch(self, replies: list[tuple[int, Any]]) -> None:
@@ -382,10 +377,9 @@ class ReplyPump:
 
     def remote_error(self, rank: int, endpoint: str, error: Any) -> BaseException:
         """The exception an ERROR reply carries, rebuilt as its own type with a note."""
-        if isinstance(error, RemoteFailure):
-            error = rebuild(error)
-            error.add_note(f"raised in {self._describe(rank)}, endpoint {endpoint!r}")
-        return error  # type: ignore[no-any-return]
+        return rebuild_remote_error(
+            error, f"raised in {self._describe(rank)}, endpoint {endpoint!r}"
+        )
 
     # -- deaths ---------------------------------------------------------------------
 
