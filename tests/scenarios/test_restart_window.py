@@ -72,3 +72,39 @@ def test_a_dead_rank_without_a_policy_reads_no_pid() -> None:
         assert group.pids == [survivor, None]
         assert group[1].pid is None
         assert not group[1].alive
+
+
+def test_a_temporary_child_group_whose_rank_dies_ends_as_one_child() -> None:
+    recorder = EventRecorder()
+    child = tt.ChildSpec(
+        name="once",
+        actor=Counter,
+        args=("once",),
+        world_size=2,
+        restart="temporary",
+        shutdown_s=SHORT_TIMEOUT,
+    )
+    with tt.Supervisor(children=[child], on_event=recorder) as sup:
+        group = sup["once"]
+        kill_rank(group, 0)
+        recorder.wait_for("stopped", group="once")
+        for rank in (0, 1):  # the survivor is stopped too: no call waits for a restart
+            with pytest.raises(tt.ActorDiedError):
+                group[rank].call("identity", timeout=LONG_TIMEOUT)
+        assert group.pids == [None, None]
+
+
+def test_a_temporary_subtree_that_gives_up_leaves_no_call_waiting() -> None:
+    recorder = EventRecorder()
+    inner = tt.SupervisorSpec(
+        name="inner",
+        restart="temporary",
+        max_restarts=0,
+        children=[tt.ChildSpec(name="leaf", actor=Counter, args=("leaf",), shutdown_s=1.0)],
+    )
+    with tt.Supervisor(children=[inner], on_event=recorder) as sup:
+        leaf = sup["inner"]["leaf"]
+        kill_rank(leaf, 0)
+        recorder.wait_for("gave_up", group="inner")
+        with pytest.raises((tt.GroupClosedError, tt.SupervisionError)):
+            leaf[0].call("identity", timeout=LONG_TIMEOUT)

@@ -53,7 +53,13 @@ from .direct import DirectPath
 from .launcher import RankLauncher
 from .messages import Reply
 from .options import GroupOptions
-from .outcomes import closed_after_give_up, shut_down, stopped_because, stopping_message
+from .outcomes import (
+    closed_after_give_up,
+    died_in_flight,
+    shut_down,
+    stopped_because,
+    stopping_message,
+)
 from .pump import ReplyPump
 from .requests import RequestWriter
 from .slots import CallSlot
@@ -176,9 +182,12 @@ class GroupLifecycle:
                     ranks, slot.rank, "failed to start", slot.error
                 ) from slot.error
         with self.writer.send_lock:
-            unread = self.pump.pending_of(ranks)
-            unread.sort(key=lambda slot: slot.seq)
-            self.pump.fail(self.writer.write_again(unread, deadline), shut_down(self.name))
+            unread = sorted(self.pump.pending_of(ranks), key=lambda slot: slot.seq)
+            for slot in self.writer.write_again(unread, deadline):
+                death = self.deaths[slot.rank]
+                self.pump.fail(
+                    [slot], died_in_flight(death, slot.name) if death else shut_down(self.name)
+                )
             with self._changed:
                 for rank in ranks:
                     self.states[rank] = READY

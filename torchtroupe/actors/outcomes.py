@@ -13,9 +13,10 @@ timeout, shutdown or give-up is made here, so the table below is the whole rule
     shutdown()                              GroupClosedError        GroupClosedError
     the call's timeout passes               CallTimeoutError        -
 
-"In flight" means the rank read the request. A request the rank never read is not
-in flight: it waits for the next incarnation, or gets the row's error if there is
-none (Note [Calls a dead rank never read] in ``lifecycle.py``). A broadcast or
+"In flight" means sent to the rank and not yet answered, with one exception: a call
+made on the direct path that a rank which died idle never read was made after the
+death, and waits for the next incarnation (Note [Calls a dead rank never read] in
+``deaths.py``). A broadcast or
 scatter applies the rows per rank and raises ``GroupError``, except when the whole
 group closed or gave up: then every call form raises that one error itself.
 """

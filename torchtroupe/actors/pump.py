@@ -19,8 +19,8 @@ Note [The direct path] in ``direct.py``.
 A rank's death is queued by the monitor thread, which also marks the rank's reply
 ring broken (waking the pump). The pump drains every complete reply the rank wrote
 before it died, then fails the rank's calls in flight with ActorDiedError (calls
-the rank never read stay pending: Note [Calls a dead rank never read] in
-``lifecycle.py``). So a reply that made it into the ring is never lost, and no call
+a rank that died idle never read may stay pending: Note [Calls a dead rank never
+read] in ``deaths.py``). So a reply that made it into the ring is never lost, and no call
 waits past the death.
 """
 
@@ -489,7 +489,7 @@ class ReplyPump:
         Unanswered calls must have been failed first.
 
         Returns:
-            True once no thread of the router is inside the rings, so their memory
+            True once no thread of the pump is inside the rings, so their memory
             may be released; False if one still was after ``timeout`` seconds (a
             signal handler interrupted it, say).
         """

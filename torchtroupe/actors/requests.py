@@ -6,7 +6,7 @@ lock (``send_lock``), and each rank reads its requests in ring order.
 
 A request on the wire is a plain tuple in the field order of ``messages.Request``.
 :meth:`RequestWriter.write_again` writes a request a dead rank never read to its
-next incarnation (Note [Calls a dead rank never read] in ``lifecycle.py``).
+next incarnation (Note [Calls a dead rank never read] in ``deaths.py``).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class CallSlot:
         name: The endpoint (or callable) name, for error notes.
         request: What the direct path wrote for this rank, kept so that a request
             the rank never read can be written again to its next incarnation (Note
-            [Calls a dead rank never read] in ``lifecycle.py``); None otherwise.
+            [Calls a dead rank never read] in ``deaths.py``); None otherwise.
         position: Where that request starts in the request ring (the writer's cursor
             before it was written).
     """

@@ -306,17 +306,37 @@ class Supervisor:
             self._hold(affected)
             self._background(self._restart, child, affected, error)
 
-    @staticmethod
-    def _leave_down(child: _Child, error: BaseException, rank: int | None) -> None:
-        """A child that is not restarted: a dead rank stays dead; a group that gave up
-        stays given up."""
+    def _leave_down(self, child: _Child, error: BaseException, rank: int | None) -> None:
+        """A child that is not restarted ends as one child: a group whose rank died
+        stops its other ranks, and every rank stays dead (calls get ActorDiedError at
+        once); a group or subtree that gave up stays given up (SupervisionError, then
+        GroupClosedError). Nothing is left waiting for a restart that never comes."""
+        if child.supervisor is not None:
+            if not isinstance(error, SupervisionError):
+                error = SupervisionError(f"{child.name!r} ended: {error}", [error])
+            for member in child.supervisor._lifecycles():
+                member.give_up(error)
+            return
         lifecycle = child.lifecycle
         if lifecycle is None:
             return
-        if rank is not None:
+        if rank is None:
+            if isinstance(error, SupervisionError):
+                lifecycle.give_up(error)
+            return
+        lifecycle.stay_dead(rank)
+        others = [r for r in range(lifecycle.world_size) if r != rank]
+        lifecycle.hold(others)
+        self._background(self._end_group, child, lifecycle, others, error)
+
+    def _end_group(
+        self, child: _Child, lifecycle: GroupLifecycle, ranks: list[int], cause: BaseException
+    ) -> None:
+        """Restart thread: stops the other ranks of a child group that is not restarted."""
+        reason = f"its {child.spec.restart} child group {child.name!r} ended"
+        lifecycle.stop_ranks(ranks, reason=reason, graceful_s=child.spec.shutdown_s, cause=cause)
+        for rank in ranks:
             lifecycle.stay_dead(rank)
-        elif isinstance(error, SupervisionError):
-            lifecycle.give_up(error)
 
     def _background(self, function: Callable[..., None], *args: Any) -> None:
         with self._lock:  # shutdown() takes it too: a thread is listed once started
@@ -397,6 +417,11 @@ class Supervisor:
 
         Outstanding calls fail with GroupClosedError. Idempotent.
         """
+        self._stop_tree(interrupted=False)
+
+    def _stop_tree(self, *, interrupted: bool) -> None:
+        """Stops the tree; ``interrupted``: a Ctrl-C did it (the groups say on stderr
+        what they wait for)."""
         with self._lock:
             if self._closed:
                 return
@@ -404,12 +429,10 @@ class Supervisor:
             threads = list(self._threads)
         # Children first: a restart thread waiting on a child's start is released by it.
         for child in reversed(self._children):
-            if child.group is not None:
-                child.group.shutdown(child.spec.shutdown_s)
-            elif child.lifecycle is not None:
-                child.lifecycle.shutdown(child.spec.shutdown_s)
+            if child.lifecycle is not None:
+                child.lifecycle.shutdown(child.spec.shutdown_s, interrupted=interrupted)
             elif child.supervisor is not None:
-                child.supervisor.shutdown()
+                child.supervisor._stop_tree(interrupted=interrupted)
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
@@ -419,8 +442,8 @@ class Supervisor:
     def __enter__(self) -> Supervisor:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self._stop_tree(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
 
     def __repr__(self) -> str:
         names = ", ".join(child.name for child in self._children)
