@@ -31,9 +31,9 @@ import torch.multiprocessing
 from tests.timeouts import LONG_TIMEOUT
 from tests.transport.rings import FormattedRing
 from torchtroupe.errors import ChannelClosedError
+from torchtroupe.transport.layout import BROKEN
 from torchtroupe.transport.region import SharedRegion
 from torchtroupe.transport.ring import (
-    BROKEN,
     RingLayout,
     RingReader,
     monotonic_deadline,

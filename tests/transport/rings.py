@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
-from torchtroupe.transport.doorbell import PARKED
-from torchtroupe.transport.region import CACHE_LINE, SharedRegion
+from torchtroupe.transport.layout import CACHE_LINE, PARKED
+from torchtroupe.transport.region import SharedRegion
 from torchtroupe.transport.ring import RingLayout, ring_footprint
 from torchtroupe.transport.waiting import WaitStrategy
 

@@ -11,7 +11,8 @@ import torch
 from tests.timeouts import SHORT_TIMEOUT
 from tests.transport.rings import FormattedRing, in_thread, new_ring
 from torchtroupe.transport.codec import TARGET_ALL, Encoder, decode, peek_target
-from torchtroupe.transport.ring import BROKEN, RingReader, RingWriter, monotonic_deadline
+from torchtroupe.transport.layout import BROKEN
+from torchtroupe.transport.ring import RingReader, RingWriter, monotonic_deadline
 from torchtroupe.transport.stream import MessageReader, MessageWriter
 
 

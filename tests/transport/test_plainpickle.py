@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.transport.test_ringcore import load_core
 from torchtroupe.transport import _ringcore_py
+from torchtroupe.transport.layout import PLAIN_BUDGET
 
 CORES = ["C", "Python"]
 
@@ -146,7 +147,7 @@ def test_a_list_held_twice_is_left_to_the_stock_pickler_which_keeps_the_sharing(
 
 
 def test_values_past_the_budget_or_the_depth_are_declined(core: ModuleType) -> None:
-    assert core.plain_dumps(list(range(_ringcore_py.PLAIN_BUDGET))) is None
+    assert core.plain_dumps(list(range(PLAIN_BUDGET))) is None
     nested: Any = 1
     for _ in range(10):
         nested = [nested]

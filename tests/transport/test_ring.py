@@ -19,12 +19,9 @@ from tests.transport.rings import (
     wait_until_parked,
 )
 from torchtroupe.errors import ChannelBrokenError, ChannelClosedError
+from torchtroupe.transport.layout import BROKEN, CLOSED, DATA, HEADER_BYTES
 from torchtroupe.transport.region import SharedRegion
 from torchtroupe.transport.ring import (
-    BROKEN,
-    CLOSED,
-    DATA,
-    HEADER_BYTES,
     RingLayout,
     RingReader,
     RingWriter,

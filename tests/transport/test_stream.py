@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from tests.timeouts import SHORT_TIMEOUT
 from tests.transport.rings import FormattedRing, in_thread, new_ring
 from torchtroupe.errors import ChannelBrokenError, ChannelClosedError
-from torchtroupe.transport.ring import BROKEN, RingReader, RingWriter, monotonic_deadline
+from torchtroupe.transport.layout import BROKEN
+from torchtroupe.transport.ring import RingReader, RingWriter, monotonic_deadline
 from torchtroupe.transport.stream import MessageAbortedError, MessageReader, MessageWriter
 
 PATTERN = random.Random(1).randbytes(1 << 18)

@@ -13,8 +13,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* Objects a plain value may hold, and how deeply nested (the Python core's is_plain
- * uses the same limits). */
+/* Objects a plain value may hold, and how deeply nested. These limits are layout.py's
+ * PLAIN_BUDGET, PLAIN_MAX_DEPTH and PLAIN_DUMP_MAX, which the Python core applies too;
+ * _ringcore.c exports them and the parity test checks them (Note [One home for the
+ * ring's numbers], layout.py). */
 #define PLAIN_BUDGET 64
 #define PLAIN_MAX_DEPTH 8
 /* The longest pickle plain_dump writes; a longer value is left to the stock pickler. */

@@ -40,22 +40,50 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the prelude is little-endian and the futex watches the bell word's low half");
 
-#define RING_MAGIC 0x74726F7570650001ULL
+/* The ring's numbers. Their one home is layout.py; C cannot import it, so they are
+ * repeated here and exported under layout.py's names (exported_constants, at the end),
+ * and tests/transport/test_ringcore_parity.py fails if one differs from layout.py's
+ * (Note [One home for the ring's numbers], layout.py). The layout is drawn in ring.py. */
+#define RING_MAGIC 0x74726F7570650001ULL /* MAGIC: "troupe", layout version 1 */
 #define CACHE_LINE 64
+#define LINE_WORDS (CACHE_LINE / 8)
+#define CAPACITY_WORD 1    /* words of line 0, after the magic */
+#define N_READERS_WORD 2
+#define WRITER_BELL_WORD 3
+#define WRITE_LINE 1       /* control lines */
+#define STATE_LINE 2
 #define FIRST_READER_LINE 3
+#define CURSOR_WORD 0      /* words of a reader's line */
+#define DETACHED_WORD 1
+#define BELL_WORD 2
 #define STATE_OPEN 0
 #define STATE_BROKEN 2
+#define MIN_CAPACITY 4096ULL
+#define MAX_CAPACITY (1ULL << 34)
+#define HEADER_BYTES 8
+#define LENGTH_MASK 0xFFFFFFFFULL
+#define KIND_SHIFT 32
+#define KIND_MASK 0xFF
+#define FLAGS_SHIFT 40
+#define RECORD_DIVISOR 4 /* a record, header included, holds at most a quarter of the ring */
 #define KIND_DATA 1
 #define KIND_PAD 2
 #define FLAG_MORE 1
-#define HEADER_BYTES 8
-#define LENGTH_MASK 0xFFFFFFFFULL
 #define BELL_AWAKE 0
+#define TARGET_ALL (-1)
 #define MAX_GATHER 8 /* chunks send() gathers in one record; more go the slow way */
-#define SPIN_CHECK_EVERY 64
-/* A message's prelude (codec.py): target, tag, n_storages, n_fds, pickle length. */
-#define PRELUDE_WORDS 5
+/* A message's prelude (codec.py), little-endian u64 words in this order. */
+enum {
+    PRELUDE_TARGET,
+    PRELUDE_TAG,
+    PRELUDE_N_STORAGES,
+    PRELUDE_N_FDS,
+    PRELUDE_PICKLE_LEN,
+    PRELUDE_WORDS
+};
 #define PRELUDE_BYTES (8 * PRELUDE_WORDS)
+
+#define SPIN_CHECK_EVERY 64 /* spins between two looks at the clock */
 
 static PyObject *fast_loads;  /* this module's loads() */
 static PyObject *stock_loads; /* pickle.loads */
@@ -175,8 +203,9 @@ static int read_header(RingHeader *ring, PyObject *region_object, unsigned long 
         return -1;
     }
     uint64_t room = region_bytes - offset; /* bytes from the ring's first byte to the region's end */
-    uint64_t capacity = words[1], n_readers = words[2], writer_bell = words[3];
-    if (capacity < 4096 || capacity > (1ULL << 34) || (capacity & (capacity - 1)) ||
+    uint64_t capacity = words[CAPACITY_WORD], n_readers = words[N_READERS_WORD],
+             writer_bell = words[WRITER_BELL_WORD];
+    if (capacity < MIN_CAPACITY || capacity > MAX_CAPACITY || (capacity & (capacity - 1)) ||
         n_readers < 1 || n_readers > room / CACHE_LINE ||
         (FIRST_READER_LINE + n_readers) * CACHE_LINE > room - capacity || capacity > room ||
         writer_bell % 8 || writer_bell > region_bytes - 8) {
@@ -184,7 +213,7 @@ static int read_header(RingHeader *ring, PyObject *region_object, unsigned long 
         return -1;
     }
     for (uint64_t r = 0; r < n_readers; r++) {
-        uint64_t bell = words[(FIRST_READER_LINE + r) * (CACHE_LINE / 8) + 2];
+        uint64_t bell = words[(FIRST_READER_LINE + r) * LINE_WORDS + BELL_WORD];
         if (bell % 8 || bell > region_bytes - 8) {
             PyErr_SetString(PyExc_ValueError, "the ring's header is corrupt");
             return -1;
@@ -196,13 +225,14 @@ static int read_header(RingHeader *ring, PyObject *region_object, unsigned long 
     ring->capacity = capacity;
     ring->n_readers = n_readers;
     ring->writer_bell = word_at(region, writer_bell);
-    ring->write_cursor = &words[CACHE_LINE / 8];
-    ring->state = &words[2 * CACHE_LINE / 8];
+    ring->write_cursor = &words[WRITE_LINE * LINE_WORDS];
+    ring->state = &words[STATE_LINE * LINE_WORDS];
     ring->data = ring->base + (FIRST_READER_LINE + n_readers) * CACHE_LINE;
     return 0;
 }
 
-/* Reader r's control line: cursor, detached flag, doorbell offset (from the region). */
+/* Reader r's control line: cursor, detached flag, doorbell offset (from the region);
+ * index it with CURSOR_WORD, DETACHED_WORD and BELL_WORD. */
 static inline uint64_t *reader_line(const RingHeader *ring, uint64_t reader) {
     return (uint64_t *)(ring->base + (FIRST_READER_LINE + reader) * CACHE_LINE);
 }
@@ -312,7 +342,7 @@ static int writer_init(WriterCore *self, PyObject *args, PyObject *kwargs) {
     self->reader_bells = bells;
     self->ring = ring;
     self->mask = self->ring.capacity - 1;
-    self->max_payload = self->ring.capacity / 4 - HEADER_BYTES;
+    self->max_payload = self->ring.capacity / RECORD_DIVISOR - HEADER_BYTES;
     self->cursor = load_acquire(self->ring.write_cursor);
     self->known_floor = self->cursor;
     self->reserved = -1;
@@ -332,8 +362,8 @@ static uint64_t writer_floor(WriterCore *self) {
     uint64_t floor = self->cursor;
     for (uint64_t r = 0; r < self->ring.n_readers; r++) {
         uint64_t *line = reader_line(&self->ring, r);
-        if (!load_relaxed(&line[1])) { /* not detached */
-            uint64_t cursor = load_acquire(&line[0]);
+        if (!load_relaxed(&line[DETACHED_WORD])) {
+            uint64_t cursor = load_acquire(&line[CURSOR_WORD]);
             if (cursor < floor) {
                 floor = cursor;
             }
@@ -384,7 +414,7 @@ static char *writer_try_reserve(WriterCore *self, uint64_t nbytes) {
     self->reserved_bytes = nbytes;
     if (size > tail) {
         store_relaxed(word_at(self->ring.data, position),
-                      (tail - HEADER_BYTES) | ((uint64_t)KIND_PAD << 32));
+                      (tail - HEADER_BYTES) | ((uint64_t)KIND_PAD << KIND_SHIFT));
         self->cursor += tail;
         position = 0;
     }
@@ -394,7 +424,7 @@ static char *writer_try_reserve(WriterCore *self, uint64_t nbytes) {
 
 /* Reader r's doorbell word. */
 static inline uint64_t *reader_bell(const RingHeader *ring, uint64_t reader) {
-    uint64_t offset = load_relaxed(&reader_line(ring, reader)[2]);
+    uint64_t offset = load_relaxed(&reader_line(ring, reader)[BELL_WORD]);
     return offset % 8 || offset > ring->region_bytes - 8 ? NULL : word_at(ring->region, offset);
 }
 
@@ -405,7 +435,8 @@ static void writer_publish(WriterCore *self, uint64_t nbytes, uint64_t kind, int
     uint64_t position = (uint64_t)self->reserved;
     self->reserved = -1;
     store_relaxed(word_at(self->ring.data, position),
-                  nbytes | (kind << 32) | ((uint64_t)(more ? FLAG_MORE : 0) << 40));
+                  nbytes | (kind << KIND_SHIFT) |
+                      ((uint64_t)(more ? FLAG_MORE : 0) << FLAGS_SHIFT));
     self->cursor += HEADER_BYTES + padded(nbytes);
     store_release(self->ring.write_cursor, self->cursor);
     full_fence();
@@ -480,7 +511,7 @@ static PyObject *writer_commit_py(WriterCore *self, PyObject *const *args, Py_ss
                      (unsigned long long)nbytes, (unsigned long long)self->reserved_bytes);
         return NULL;
     }
-    if (kind == 0 || kind == KIND_PAD || kind > 0xFF) {
+    if (kind == 0 || kind == KIND_PAD || kind > KIND_MASK) {
         PyErr_Format(PyExc_ValueError, "commit() of a record of kind %llu", (unsigned long long)kind);
         return NULL;
     }
@@ -570,8 +601,10 @@ static PyObject *writer_put_message(WriterCore *self, long long target, long lon
         }
         Py_RETURN_FALSE;
     }
-    uint64_t prelude[PRELUDE_WORDS] = {(uint64_t)target, (uint64_t)tag, 0, 0,
-                                       (uint64_t)pickle_len};
+    uint64_t prelude[PRELUDE_WORDS] = {0};
+    prelude[PRELUDE_TARGET] = (uint64_t)target;
+    prelude[PRELUDE_TAG] = (uint64_t)tag;
+    prelude[PRELUDE_PICKLE_LEN] = (uint64_t)pickle_len;
     memcpy(payload, prelude, PRELUDE_BYTES);
     memcpy(payload + PRELUDE_BYTES, pickle, (size_t)pickle_len);
     writer_publish(self, nbytes, KIND_DATA, 0, wake);
@@ -687,7 +720,7 @@ static PyObject *writer_detached_readers_py(WriterCore *self, PyObject *Py_UNUSE
         return NULL;
     }
     for (uint64_t r = 0; r < self->ring.n_readers; r++) {
-        if (load_relaxed(&reader_line(&self->ring, r)[1])) {
+        if (load_relaxed(&reader_line(&self->ring, r)[DETACHED_WORD])) {
             PyObject *index = PyLong_FromUnsignedLongLong(r);
             if (index == NULL || PyList_Append(list, index) < 0) {
                 Py_XDECREF(index);
@@ -772,7 +805,8 @@ typedef struct {
     uint64_t mask;
     uint64_t cursor;  /* bytes consumed so far (our copy of the read cursor) */
     uint64_t pending; /* bytes the record returned by poll() occupies, or 0 */
-    uint64_t *cursor_word;
+    uint64_t *line;        /* this reader's control line */
+    uint64_t *cursor_word; /* its cursor, a word of that line */
     int kind;
     char more;
     char resync; /* the rest of an abandoned message is still to skip (stream.py) */
@@ -808,7 +842,8 @@ static int reader_init(ReaderCore *self, PyObject *args, PyObject *kwargs) {
     }
     self->ring = ring;
     self->mask = self->ring.capacity - 1;
-    self->cursor_word = reader_line(&self->ring, reader);
+    self->line = reader_line(&self->ring, reader);
+    self->cursor_word = &self->line[CURSOR_WORD];
     self->cursor = load_acquire(self->cursor_word);
     self->pending = 0;
     self->kind = KIND_DATA;
@@ -854,7 +889,7 @@ static char *reader_next(ReaderCore *self, uint64_t *length_out) {
         uint64_t position = self->cursor & self->mask;
         uint64_t header = load_relaxed(word_at(self->ring.data, position));
         uint64_t length = header & LENGTH_MASK;
-        int kind = (int)((header >> 32) & 0xFF);
+        int kind = (int)((header >> KIND_SHIFT) & KIND_MASK);
         uint64_t tail = self->ring.capacity - position;
         if (published - self->cursor > self->ring.capacity ||
             (kind == KIND_PAD ? length != tail - HEADER_BYTES
@@ -869,7 +904,7 @@ static char *reader_next(ReaderCore *self, uint64_t *length_out) {
             continue;
         }
         self->kind = kind;
-        self->more = (char)(((header >> 40) & FLAG_MORE) != 0);
+        self->more = (char)(((header >> FLAGS_SHIFT) & FLAG_MORE) != 0);
         self->pending = HEADER_BYTES + padded(length);
         *length_out = length;
         return self->ring.data + position + HEADER_BYTES;
@@ -895,15 +930,15 @@ static PyObject *reader_poll_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)) 
 /* Reads the prelude of the record just polled (codec.py) into `prelude`. Returns 0 if
  * the record is too short to start a message (or not DATA), 1 if it starts one, and 2
  * if moreover the whole message is this record and carries no tensors: its pickle is
- * the prelude[4] bytes after the prelude. */
+ * the prelude[PRELUDE_PICKLE_LEN] bytes after the prelude. */
 static int read_prelude(ReaderCore *self, const char *payload, uint64_t length,
                         uint64_t prelude[PRELUDE_WORDS]) {
     if (self->kind != KIND_DATA || length < PRELUDE_BYTES) {
         return 0;
     }
     memcpy(prelude, payload, PRELUDE_BYTES);
-    int plain = !self->more && prelude[2] == 0 && prelude[3] == 0 &&
-                prelude[4] <= length - PRELUDE_BYTES;
+    int plain = !self->more && prelude[PRELUDE_N_STORAGES] == 0 && prelude[PRELUDE_N_FDS] == 0 &&
+                prelude[PRELUDE_PICKLE_LEN] <= length - PRELUDE_BYTES;
     return plain ? 2 : 1;
 }
 
@@ -927,8 +962,8 @@ static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ig
     }
     PyObject *pickle = NULL;
     if (found == 2) {
-        pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES, (Py_ssize_t)prelude[4],
-                                         PyBUF_WRITE);
+        pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES,
+                                         (Py_ssize_t)prelude[PRELUDE_PICKLE_LEN], PyBUF_WRITE);
         if (pickle == NULL) {
             Py_DECREF(record);
             return NULL;
@@ -936,7 +971,8 @@ static PyObject *reader_poll_message_py(ReaderCore *self, PyObject *Py_UNUSED(ig
     } else {
         pickle = Py_NewRef(Py_None);
     }
-    return Py_BuildValue("(NLLN)", record, (long long)prelude[0], (long long)prelude[1], pickle);
+    return Py_BuildValue("(NLLN)", record, (long long)prelude[PRELUDE_TARGET],
+                         (long long)prelude[PRELUDE_TAG], pickle);
 }
 
 static void reader_release(ReaderCore *self) {
@@ -971,19 +1007,20 @@ static PyObject *reader_take_one(ReaderCore *self, PyObject *loads, long long ra
         if (self->resync || read_prelude(self, payload, length, prelude) != 2) {
             return PyMemoryView_FromMemory(payload, (Py_ssize_t)length, PyBUF_WRITE);
         }
-        long long target = (long long)prelude[0];
-        if (target != -1 && target != rank) {
+        long long target = (long long)prelude[PRELUDE_TARGET];
+        if (target != TARGET_ALL && target != rank) {
             reader_release(self);
             continue;
         }
+        Py_ssize_t pickle_len = (Py_ssize_t)prelude[PRELUDE_PICKLE_LEN];
         PyObject *value = NULL;
         if (loads == fast_loads) { /* this module's loads(): plain pickles in C */
-            value = plain_load(payload + PRELUDE_BYTES, (Py_ssize_t)prelude[4]);
+            value = plain_load(payload + PRELUDE_BYTES, pickle_len);
             loads = stock_loads;
         }
         if (value == NULL) {
-            PyObject *pickle = PyMemoryView_FromMemory(payload + PRELUDE_BYTES,
-                                                       (Py_ssize_t)prelude[4], PyBUF_READ);
+            PyObject *pickle =
+                PyMemoryView_FromMemory(payload + PRELUDE_BYTES, pickle_len, PyBUF_READ);
             if (pickle == NULL) {
                 return NULL;
             }
@@ -1113,7 +1150,7 @@ static PyObject *reader_detach_py(ReaderCore *self, PyObject *Py_UNUSED(ignored)
     if (reader_check(self) < 0) {
         return NULL;
     }
-    store_release(&self->cursor_word[1], 1);
+    store_release(&self->line[DETACHED_WORD], 1);
     full_fence();
     store_relaxed(self->ring.writer_bell, BELL_AWAKE);
     futex_wake_all(self->ring.writer_bell);
@@ -1326,6 +1363,62 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The numbers this module shares with layout.py, under layout.py's names; the Python
+ * core exports the same (Note [One home for the ring's numbers], layout.py). */
+static const struct {
+    const char *name;
+    long long value;
+} exported_constants[] = {
+    {"MAGIC", (long long)RING_MAGIC},
+    {"CACHE_LINE", CACHE_LINE},
+    {"LINE_WORDS", LINE_WORDS},
+    {"CAPACITY_WORD", CAPACITY_WORD},
+    {"N_READERS_WORD", N_READERS_WORD},
+    {"WRITER_BELL_WORD", WRITER_BELL_WORD},
+    {"WRITE_LINE", WRITE_LINE},
+    {"STATE_LINE", STATE_LINE},
+    {"FIRST_READER_LINE", FIRST_READER_LINE},
+    {"CURSOR_WORD", CURSOR_WORD},
+    {"DETACHED_WORD", DETACHED_WORD},
+    {"BELL_WORD", BELL_WORD},
+    {"OPEN", STATE_OPEN},
+    {"BROKEN", STATE_BROKEN},
+    {"MIN_CAPACITY", (long long)MIN_CAPACITY},
+    {"MAX_CAPACITY", (long long)MAX_CAPACITY},
+    {"HEADER_BYTES", HEADER_BYTES},
+    {"LENGTH_MASK", (long long)LENGTH_MASK},
+    {"KIND_SHIFT", KIND_SHIFT},
+    {"KIND_MASK", KIND_MASK},
+    {"FLAGS_SHIFT", FLAGS_SHIFT},
+    {"RECORD_DIVISOR", RECORD_DIVISOR},
+    {"DATA", KIND_DATA},
+    {"PAD", KIND_PAD},
+    {"MORE", FLAG_MORE},
+    {"AWAKE", BELL_AWAKE},
+    {"PRELUDE_BYTES", PRELUDE_BYTES},
+    {"TARGET_ALL", TARGET_ALL},
+    {"MAX_GATHER", MAX_GATHER},
+    {"PLAIN_BUDGET", PLAIN_BUDGET},
+    {"PLAIN_MAX_DEPTH", PLAIN_MAX_DEPTH},
+    {"PLAIN_DUMP_MAX", PLAIN_DUMP_MAX},
+};
+
+static int add_constants(PyObject *module) {
+    size_t n = sizeof exported_constants / sizeof exported_constants[0];
+    for (size_t i = 0; i < n; i++) {
+        PyObject *value = PyLong_FromLongLong(exported_constants[i].value);
+        if (value == NULL) {
+            return -1;
+        }
+        int added = PyModule_AddObjectRef(module, exported_constants[i].name, value);
+        Py_DECREF(value);
+        if (added < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static struct PyModuleDef ringcore_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "torchtroupe.transport._ringcore",
@@ -1343,7 +1436,8 @@ PyMODINIT_FUNC PyInit__ringcore(void) {
         return NULL;
     }
     if (PyModule_AddObjectRef(module, "WriterCore", (PyObject *)&WriterCoreType) < 0 ||
-        PyModule_AddObjectRef(module, "ReaderCore", (PyObject *)&ReaderCoreType) < 0) {
+        PyModule_AddObjectRef(module, "ReaderCore", (PyObject *)&ReaderCoreType) < 0 ||
+        add_constants(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,7 +1,42 @@
 # Type stub of the compiled ring core (_ringcore.c). Its Python twin, _ringcore_py.py,
-# has the same classes and methods, documented there.
+# has the same classes, methods and constants, documented there; the constants are
+# layout.py's (Note [One home for the ring's numbers]). test_ringcore_parity.py checks
+# that the extension, the twin and this stub name the same things.
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+MAGIC: int
+CACHE_LINE: int
+LINE_WORDS: int
+CAPACITY_WORD: int
+N_READERS_WORD: int
+WRITER_BELL_WORD: int
+WRITE_LINE: int
+STATE_LINE: int
+FIRST_READER_LINE: int
+CURSOR_WORD: int
+DETACHED_WORD: int
+BELL_WORD: int
+OPEN: int
+BROKEN: int
+MIN_CAPACITY: int
+MAX_CAPACITY: int
+HEADER_BYTES: int
+LENGTH_MASK: int
+KIND_SHIFT: int
+KIND_MASK: int
+FLAGS_SHIFT: int
+RECORD_DIVISOR: int
+DATA: int
+PAD: int
+MORE: int
+AWAKE: int
+PRELUDE_BYTES: int
+TARGET_ALL: int
+MAX_GATHER: int
+PLAIN_BUDGET: int
+PLAIN_MAX_DEPTH: int
+PLAIN_DUMP_MAX: int
 
 class _Region(Protocol):
     address: int

@@ -2,41 +2,76 @@
 
 Runs in the writer's and the readers' processes, one thread per end at a time.
 
-Same classes, methods and behaviour as the C extension ``_ringcore`` (the layout
-is documented in ``ring.py``); ``ring.py`` builds on whichever is available, and
-the tests run each against the other. This one serves where the extension was not
+Same classes, methods, constants and behaviour as the C extension ``_ringcore``
+(the layout is documented in ``ring.py``, its numbers live in ``layout.py``);
+``ring.py`` builds on whichever is available, and the tests run each against the
+other. This one serves where the extension was not
 built, or with ``TORCHTROUPE_NATIVE=0``; it is several times slower per message.
 """
 
 from __future__ import annotations
 
 import pickle
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .fence import STORES_ARE_ORDERED, full_fence
 from .futex import futex_wake
+from .layout import (
+    AWAKE,
+    BELL_WORD,
+    BROKEN,
+    CACHE_LINE,
+    CAPACITY_WORD,
+    CURSOR_WORD,
+    DATA,
+    DETACHED_WORD,
+    FIRST_READER_LINE,
+    FLAGS_SHIFT,
+    HEADER_BYTES,
+    KIND_MASK,
+    KIND_SHIFT,
+    LENGTH_MASK,
+    LINE_WORDS,
+    MAGIC,
+    MAX_CAPACITY,
+    MAX_GATHER,
+    MIN_CAPACITY,
+    MORE,
+    N_READERS_WORD,
+    OPEN,
+    PAD,
+    PLAIN_BUDGET,
+    PLAIN_DUMP_MAX,
+    PLAIN_MAX_DEPTH,
+    PRELUDE,
+    PRELUDE_BYTES,
+    RECORD_DIVISOR,
+    STATE_LINE,
+    TARGET_ALL,
+    WRITE_LINE,
+    WRITER_BELL_WORD,
+)
 
-_MAGIC = 0x74726F7570650001  # "troupe" v1
-_LINE_WORDS = 8
-_FIRST_READER_LINE = 3
-_OPEN, _BROKEN = 0, 2
-_DATA, _PAD = 1, 2
-_MORE = 1
-_HEADER_BYTES = 8
-_LENGTH_MASK = 0xFFFFFFFF
-_AWAKE = 0
-_MAX_CAPACITY = 1 << 34
-_MAX_GATHER = 8  # chunks send() gathers into one record, as the C core
-_PRELUDE = struct.Struct("<qqQQQ")  # codec.py: target, tag, n_storages, n_fds, pickle length
+# Exactly the compiled core's public names (tests/transport/test_ringcore_parity.py). The
+# constants are layout.py's, which the compiled core repeats (Note [One home for the ring's
+# numbers]); what else this module imports is not part of it.
+__all__ = [
+    "AWAKE", "BELL_WORD", "BROKEN", "CACHE_LINE", "CAPACITY_WORD", "CURSOR_WORD", "DATA",
+    "DETACHED_WORD", "FIRST_READER_LINE", "FLAGS_SHIFT", "HEADER_BYTES", "KIND_MASK",
+    "KIND_SHIFT", "LENGTH_MASK", "LINE_WORDS", "MAGIC", "MAX_CAPACITY", "MAX_GATHER",
+    "MIN_CAPACITY", "MORE", "N_READERS_WORD", "OPEN", "PAD", "PLAIN_BUDGET", "PLAIN_DUMP_MAX",
+    "PLAIN_MAX_DEPTH", "PRELUDE_BYTES", "RECORD_DIVISOR", "STATE_LINE", "TARGET_ALL",
+    "WRITER_BELL_WORD", "WRITE_LINE", "ReaderCore", "WriterCore", "full_fence", "loads",
+    "plain_dumps", "set_errors", "spin_any", "take_each"
+]
 
 _closed_error: type[Exception] = RuntimeError
 _broken_error: type[Exception] = RuntimeError
 
 
-class RegionLike(Protocol):
+class _Region(Protocol):
     """What the cores need of a :class:`~torchtroupe.transport.region.SharedRegion`."""
 
     address: int
@@ -50,7 +85,7 @@ def set_errors(closed: type[Exception], broken: type[Exception]) -> None:
 
 
 def _state_error(state: int, who: str) -> Exception:
-    if state == _BROKEN:
+    if state == BROKEN:
         return _broken_error(f"the ring was broken while the {who} waited (its peer died)")
     return _closed_error(f"the ring was closed while the {who} waited")
 
@@ -58,26 +93,32 @@ def _state_error(state: int, who: str) -> Exception:
 class _Header:
     """The constant part of a ring: where its cursors, bells and data are."""
 
-    def __init__(self, region: RegionLike, offset: int) -> None:
+    def __init__(self, region: _Region, offset: int) -> None:
         words = region.words
         region_bytes = len(words) * 8
         base = offset // 8
-        if offset < 0 or offset % 64 or region_bytes - offset < _FIRST_READER_LINE * 64:
+        if (
+            offset < 0
+            or offset % CACHE_LINE
+            or region_bytes - offset < FIRST_READER_LINE * CACHE_LINE
+        ):
             raise ValueError(f"no ring at offset {offset} of this region")
-        if words[base] != _MAGIC:
+        if words[base] != MAGIC:
             raise ValueError(f"no ring at offset {offset} of this region")
-        capacity, n_readers, writer_bell = (int(word) for word in words[base + 1 : base + 4])
+        capacity = int(words[base + CAPACITY_WORD])
+        n_readers = int(words[base + N_READERS_WORD])
+        writer_bell = int(words[base + WRITER_BELL_WORD])
         room = region_bytes - offset
         if (
-            not 4096 <= capacity <= _MAX_CAPACITY
+            not MIN_CAPACITY <= capacity <= MAX_CAPACITY
             or capacity & (capacity - 1)
-            or not 1 <= n_readers <= (room - capacity) // 64 - _FIRST_READER_LINE
+            or not 1 <= n_readers <= (room - capacity) // CACHE_LINE - FIRST_READER_LINE
             or writer_bell % 8
             or writer_bell > region_bytes - 8
         ):
             raise ValueError("the ring's header is corrupt")
         for reader in range(n_readers):
-            bell = int(words[base + (_FIRST_READER_LINE + reader) * _LINE_WORDS + 2])
+            bell = int(words[base + (FIRST_READER_LINE + reader) * LINE_WORDS + BELL_WORD])
             if bell % 8 or bell > region_bytes - 8:
                 raise ValueError("the ring's header is corrupt")
         self.words = words
@@ -85,32 +126,32 @@ class _Header:
         self.capacity = capacity
         self.n_readers = n_readers
         self.writer_bell = writer_bell // 8
-        self.write_index = base + _LINE_WORDS
-        self.state_index = base + 2 * _LINE_WORDS
-        self.data = offset + (_FIRST_READER_LINE + self.n_readers) * 64
+        self.write_index = base + WRITE_LINE * LINE_WORDS
+        self.state_index = base + STATE_LINE * LINE_WORDS
+        self.data = offset + (FIRST_READER_LINE + self.n_readers) * CACHE_LINE
         self.reader_lines = [
-            base + (_FIRST_READER_LINE + r) * _LINE_WORDS for r in range(self.n_readers)
+            base + (FIRST_READER_LINE + r) * LINE_WORDS for r in range(self.n_readers)
         ]
 
     def reader_bell(self, reader: int) -> int:
-        return int(self.words[self.reader_lines[reader] + 2]) // 8
+        return int(self.words[self.reader_lines[reader] + BELL_WORD]) // 8
 
     def notify(self, bell: int) -> None:
         """Rings the doorbell at word ``bell`` if its waiter parked."""
-        if self.words[bell] != _AWAKE:
-            self.words[bell] = _AWAKE
+        if self.words[bell] != AWAKE:
+            self.words[bell] = AWAKE
             futex_wake(self.address + 8 * bell)
 
 
 class WriterCore:
     """The writing end of the ring at ``offset`` of ``region``."""
 
-    def __init__(self, region: RegionLike, offset: int) -> None:
+    def __init__(self, region: _Region, offset: int) -> None:
         ring = self._ring = _Header(region, offset)
         self._words = ring.words
         self._bytes = ring.words.cast("B")
         self._mask = ring.capacity - 1
-        self._max_payload = ring.capacity // 4 - _HEADER_BYTES
+        self._max_payload = ring.capacity // RECORD_DIVISOR - HEADER_BYTES
         self._cursor = int(self._words[ring.write_index])
         self._known_floor = self._cursor
         self._reserved = -1
@@ -136,8 +177,8 @@ class WriterCore:
         words = self._words
         floor = self._cursor
         for line in self._ring.reader_lines:
-            if not words[line + 1]:  # not detached
-                cursor = int(words[line])
+            if not words[line + DETACHED_WORD]:
+                cursor = int(words[line + CURSOR_WORD])
                 if cursor < floor:
                     floor = cursor
         self._known_floor = floor
@@ -145,7 +186,7 @@ class WriterCore:
 
     def needed_floor(self, nbytes: int) -> int:
         """The floor at which a record of ``nbytes`` fits."""
-        size = _HEADER_BYTES + ((nbytes + 7) & ~7)
+        size = HEADER_BYTES + ((nbytes + 7) & ~7)
         tail = self._ring.capacity - (self._cursor & self._mask)
         needed = size if size <= tail else tail + size
         return self._cursor + needed - self._ring.capacity
@@ -159,22 +200,23 @@ class WriterCore:
         limit = self.needed_floor(nbytes)
         if self._known_floor < limit and self.floor() < limit:
             return None
-        if self._words[self._ring.state_index] != _OPEN:
+        if self._words[self._ring.state_index] != OPEN:
             return None
-        size = _HEADER_BYTES + ((nbytes + 7) & ~7)
+        size = HEADER_BYTES + ((nbytes + 7) & ~7)
         position = self._cursor & self._mask
         tail = self._ring.capacity - position
         self._cursor_before = self._cursor
         self._reserved_bytes = nbytes
         if size > tail:
-            self._words[(self._ring.data + position) // 8] = (tail - _HEADER_BYTES) | (_PAD << 32)
+            pad = (tail - HEADER_BYTES) | (PAD << KIND_SHIFT)
+            self._words[(self._ring.data + position) // 8] = pad
             self._cursor += tail
             position = 0
         self._reserved = position
-        start = self._ring.data + position + _HEADER_BYTES
+        start = self._ring.data + position + HEADER_BYTES
         return self._bytes[start : start + nbytes]
 
-    def commit(self, nbytes: int, more: bool = False, kind: int = _DATA, wake: int = -1) -> None:
+    def commit(self, nbytes: int, more: bool = False, kind: int = DATA, wake: int = -1) -> None:
         """Publishes the reserved record; wakes reader ``wake`` (-1: every parked one)."""
         if self._reserved < 0:
             raise RuntimeError("commit() without reserve()")
@@ -182,7 +224,7 @@ class WriterCore:
             raise ValueError(
                 f"commit() of {nbytes} bytes, but reserve() was for {self._reserved_bytes}"
             )
-        if kind in (0, _PAD) or not 0 < kind <= 0xFF:
+        if kind in (0, PAD) or not 0 < kind <= KIND_MASK:
             raise ValueError(f"commit() of a record of kind {kind}")
         ring = self._ring
         if wake >= ring.n_readers:
@@ -190,8 +232,10 @@ class WriterCore:
         position = self._reserved
         self._reserved = -1
         words = self._words
-        words[(ring.data + position) >> 3] = nbytes | (kind << 32) | (bool(more) << 40)
-        self._cursor += _HEADER_BYTES + ((nbytes + 7) & ~7)
+        words[(ring.data + position) >> 3] = (
+            nbytes | (kind << KIND_SHIFT) | ((MORE if more else 0) << FLAGS_SHIFT)
+        )
+        self._cursor += HEADER_BYTES + ((nbytes + 7) & ~7)
         if not STORES_ARE_ORDERED:
             full_fence()
         words[ring.write_index] = self._cursor
@@ -215,7 +259,7 @@ class WriterCore:
             raise ValueError(
                 f"wake={wake} names no reader of a ring of {self._ring.n_readers} readers"
             )
-        if nbytes > self._max_payload or len(chunks) > _MAX_GATHER:
+        if nbytes > self._max_payload or len(chunks) > MAX_GATHER:
             return False
         total = sum(memoryview(chunk).nbytes for chunk in chunks)
         if total != nbytes:
@@ -237,7 +281,7 @@ class WriterCore:
         for word in (target, tag):
             if not -(1 << 63) <= word < 1 << 63:
                 raise OverflowError(f"{word} does not fit a 64-bit prelude word")
-        prelude = _PRELUDE.pack(target, tag, 0, 0, len(pickle))
+        prelude = PRELUDE.pack(target, tag, 0, 0, len(pickle))
         return self.send((prelude, pickle), len(prelude) + len(pickle), wake)
 
     def send_plain(self, target: int, tag: int, obj: object, wake: int) -> bool:
@@ -255,13 +299,15 @@ class WriterCore:
     def detached_readers(self) -> list[int]:
         """Readers that no longer hold the writer back."""
         words = self._words
-        return [r for r, line in enumerate(self._ring.reader_lines) if words[line + 1]]
+        return [
+            r for r, line in enumerate(self._ring.reader_lines) if words[line + DETACHED_WORD]
+        ]
 
 
 class ReaderCore:
     """Reading end number ``reader`` of the ring at ``offset`` of ``region``."""
 
-    def __init__(self, region: RegionLike, offset: int, reader: int) -> None:
+    def __init__(self, region: _Region, offset: int, reader: int) -> None:
         ring = self._ring = _Header(region, offset)
         if not 0 <= reader < ring.n_readers:
             raise ValueError(
@@ -270,17 +316,18 @@ class ReaderCore:
         self._words = ring.words
         self._bytes = ring.words.cast("B")
         self._mask = ring.capacity - 1
-        self._cursor_index = ring.reader_lines[reader]
+        self._line = ring.reader_lines[reader]
+        self._cursor_index = self._line + CURSOR_WORD
         self._cursor = int(self._words[self._cursor_index])
         self._pending = 0
-        self.kind = _DATA
+        self.kind = DATA
         self.more = False
         self.resync = False  # the rest of an abandoned message is to skip (stream.py)
 
     def has_data(self) -> bool:
         """True if a record (possibly a PAD) waits, or the ring is no longer open."""
         words, ring = self._words, self._ring
-        return words[ring.write_index] != self._cursor or words[ring.state_index] != _OPEN
+        return words[ring.write_index] != self._cursor or words[ring.state_index] != OPEN
 
     def poll(self) -> memoryview | None:
         """The next record's payload, or None; see :attr:`kind` and :attr:`more`."""
@@ -291,31 +338,31 @@ class ReaderCore:
             published = int(words[ring.write_index])
             if published == self._cursor:
                 state = words[ring.state_index]
-                if state != _OPEN and words[ring.write_index] == self._cursor:
+                if state != OPEN and words[ring.write_index] == self._cursor:
                     raise _state_error(int(state), "reader")
                 return None
             if not STORES_ARE_ORDERED:
                 full_fence()
             position = self._cursor & self._mask
             header = words[(ring.data + position) >> 3]
-            length = header & _LENGTH_MASK
-            kind = (header >> 32) & 0xFF
+            length = header & LENGTH_MASK
+            kind = (header >> KIND_SHIFT) & KIND_MASK
             tail = ring.capacity - position
             available = published - self._cursor
-            size = _HEADER_BYTES + ((length + 7) & ~7)
+            size = HEADER_BYTES + ((length + 7) & ~7)
             if available > ring.capacity or (
-                length != tail - _HEADER_BYTES
-                if kind == _PAD
+                length != tail - HEADER_BYTES
+                if kind == PAD
                 else size > tail or size > available
             ):
                 raise _broken_error("the ring is corrupt (a record overruns it)")
-            if kind == _PAD:
-                self._cursor += _HEADER_BYTES + length
+            if kind == PAD:
+                self._cursor += HEADER_BYTES + length
                 continue
             self.kind = kind
-            self.more = bool((header >> 40) & _MORE)
-            self._pending = _HEADER_BYTES + ((length + 7) & ~7)
-            start = ring.data + position + _HEADER_BYTES
+            self.more = bool((header >> FLAGS_SHIFT) & MORE)
+            self._pending = HEADER_BYTES + ((length + 7) & ~7)
+            start = ring.data + position + HEADER_BYTES
             return self._bytes[start : start + length]
 
     def poll_message(
@@ -332,13 +379,13 @@ class ReaderCore:
         record = self.poll()
         if record is None:
             return None
-        if self.kind != _DATA or len(record) < _PRELUDE.size:
+        if self.kind != DATA or len(record) < PRELUDE_BYTES:
             return record, None, None, None
-        target, tag, n_storages, n_fds, pickle_len = _PRELUDE.unpack_from(record)
+        target, tag, n_storages, n_fds, pickle_len = PRELUDE.unpack_from(record)
         pickle = None
-        complete = not self.more and pickle_len <= len(record) - _PRELUDE.size
+        complete = not self.more and pickle_len <= len(record) - PRELUDE_BYTES
         if complete and not n_storages and not n_fds:
-            pickle = record[_PRELUDE.size : _PRELUDE.size + pickle_len]
+            pickle = record[PRELUDE_BYTES : PRELUDE_BYTES + pickle_len]
         return record, target, tag, pickle
 
     def take(
@@ -361,7 +408,7 @@ class ReaderCore:
             record, target, _, pickle = polled
             if pickle is None or self.resync:
                 return record
-            if target != -1 and target != rank:
+            if target != TARGET_ALL and target != rank:
                 self.consume()
                 continue
             try:
@@ -392,10 +439,10 @@ class ReaderCore:
 
     def detach(self) -> None:
         """Stops holding the writer back, for good."""
-        self._words[self._cursor_index + 1] = 1
+        self._words[self._line + DETACHED_WORD] = 1
         full_fence()
         bell = self._ring.writer_bell
-        self._words[bell] = _AWAKE
+        self._words[bell] = AWAKE
         futex_wake(self._ring.address + 8 * bell)
 
 
@@ -440,19 +487,18 @@ def spin_any(readers: tuple[ReaderCore, ...], seconds: float) -> bool:
 
 
 _PLAIN_ATOMS = (type(None), bool, int, float, str, bytes)
-_PLAIN_MAX_DEPTH = 8
 
 
-def is_plain(obj: object, budget: int) -> bool:
+def _is_plain(obj: object, budget: int) -> bool:
     """Whether ``obj`` is built only of None, bool, int, float, str, bytes and exact
     tuples, lists and dicts of them: values every pickler writes the same way, without
     consulting ``reducer_override`` (the codec's fast path). False past ``budget``
-    objects or eight levels of nesting."""
+    objects or ``PLAIN_MAX_DEPTH`` levels of nesting."""
     remaining = [budget]
 
     def walk(item: object, depth: int) -> bool:
         remaining[0] -= 1
-        if remaining[0] < 0 or depth > _PLAIN_MAX_DEPTH:
+        if remaining[0] < 0 or depth > PLAIN_MAX_DEPTH:
             return False
         kind = type(item)
         if kind in _PLAIN_ATOMS:
@@ -469,19 +515,15 @@ def is_plain(obj: object, budget: int) -> bool:
     return walk(obj, 0)
 
 
-PLAIN_BUDGET = 64
-"""Objects a plain value may hold (``plain_dumps``, ``send_plain``)."""
-_PLAIN_DUMP_MAX = 4096
-
-
 def plain_dumps(obj: object) -> bytes | None:
-    """The pickle of ``obj`` if it is a plain value (:func:`is_plain`) whose pickle is
-    at most 4 KiB, else None (the compiled core writes it in C, and also declines a
-    list or dict held twice, an int past 64 bits and a str with lone surrogates)."""
-    if not is_plain(obj, PLAIN_BUDGET):
+    """The pickle of ``obj`` if it is a plain value (:func:`_is_plain`) whose pickle is
+    at most ``PLAIN_DUMP_MAX`` bytes, else None (the compiled core writes it in C, and
+    also declines a list or dict held twice, an int past 64 bits and a str with lone
+    surrogates)."""
+    if not _is_plain(obj, PLAIN_BUDGET):
         return None
     payload = pickle.dumps(obj, 5)
-    return payload if len(payload) <= _PLAIN_DUMP_MAX else None
+    return payload if len(payload) <= PLAIN_DUMP_MAX else None
 
 
 loads = pickle.loads

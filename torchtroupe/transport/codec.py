@@ -10,6 +10,8 @@ Wire format of one message (all integers little-endian u64)::
 all) and ``tag`` the request's sequence number, so a reader can skip a message
 without unpickling it, and answer one it cannot unpickle. ``n_fds`` counts the
 shared-memory fds passed beside the message (``fdpass.py``), tagged with ``tag``.
+The first five words are the prelude, ``layout.PRELUDE``: the ring cores write and
+read it too (Note [One home for the ring's numbers], ``layout.py``).
 
 Note [Tensors in the codec]
 ---------------------------
@@ -46,6 +48,10 @@ import cloudpickle
 import torch
 from torch.multiprocessing.reductions import rebuild_storage_fd, reduce_tensor
 
+from .layout import PRELUDE
+
+# The prelude's target for a broadcast; callers address messages from here.
+from .layout import TARGET_ALL as TARGET_ALL
 from .region import raw_bytes
 from .stream import IncomingMessage, MessageWriter
 
@@ -57,10 +63,8 @@ else:
 
     loads, plain_dumps = core.loads, core.plain_dumps
 
-TARGET_ALL = -1
 _BASE_ALIGNMENT = 64
 _PROTOCOL = 5
-_FIXED = struct.Struct("<qqQQQ")
 
 
 class _DecodeContext(threading.local):
@@ -301,7 +305,7 @@ class EncodedMessage(NamedTuple):
 
 def _without_tensors(pickle_bytes: bytes, target: int, tag: int) -> EncodedMessage:
     """The message of a pickle that holds no tensors: the prelude, then the pickle."""
-    prelude = _FIXED.pack(target, tag, 0, 0, len(pickle_bytes))
+    prelude = PRELUDE.pack(target, tag, 0, 0, len(pickle_bytes))
     return EncodedMessage([prelude, pickle_bytes], len(prelude) + len(pickle_bytes), (), ())
 
 
@@ -367,7 +371,7 @@ class Encoder:
             base = first & ~(_BASE_ALIGNMENT - 1)  # keeps every dtype's alignment
             storages.append(raw_bytes(address + base, end - base))
             table += (end - base, base)
-        prelude = _FIXED.pack(target, tag, len(storages), len(fds), len(payload))
+        prelude = PRELUDE.pack(target, tag, len(storages), len(fds), len(payload))
         if table:
             prelude += struct.pack(f"<{len(table)}Q", *table)
         chunks: list[memoryview | bytes] = [prelude, payload, *storages]
@@ -398,7 +402,7 @@ class Encoder:
 
 def peek_target(message: IncomingMessage) -> tuple[int, int]:
     """The ``(target, tag)`` words of a message, read without consuming anything."""
-    target, tag, _, _, _ = _FIXED.unpack_from(message.first)
+    target, tag, _, _, _ = PRELUDE.unpack_from(message.first)
     return target, tag
 
 
@@ -452,9 +456,9 @@ def decode(message: IncomingMessage, fds: FdSource | None = None) -> Any:
 
 def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
     first = message.first
-    _, tag, n_storages, n_fds, pickle_len = _FIXED.unpack_from(first)
+    _, tag, n_storages, n_fds, pickle_len = PRELUDE.unpack_from(first)
     if not n_storages and not n_fds and message.complete:  # the common case: no tensors
-        return pickle.loads(first[_FIXED.size : _FIXED.size + pickle_len])
+        return pickle.loads(first[PRELUDE.size : PRELUDE.size + pickle_len])
     received: list[int] = []
     if n_fds:
         if fd_source is None:
@@ -469,10 +473,10 @@ def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
 
 def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds: list[int]) -> Any:
     first = message.first
-    table_end = _FIXED.size + 16 * n_storages
+    table_end = PRELUDE.size + 16 * n_storages
     storages: list[torch.UntypedStorage] = []
     if message.complete:
-        table = struct.unpack_from(f"<{2 * n_storages}Q", first, _FIXED.size)
+        table = struct.unpack_from(f"<{2 * n_storages}Q", first, PRELUDE.size)
         lengths, bases = table[0::2], table[1::2]
         payload: memoryview | bytearray = first[table_end : table_end + pickle_len]
         position = table_end + pickle_len
@@ -483,7 +487,7 @@ def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds
             storages.append(tensor.untyped_storage())
     else:
         # The size table itself may span fragments when a message holds many tensors.
-        message.skip(_FIXED.size)
+        message.skip(PRELUDE.size)
         raw_table = bytearray(16 * n_storages)
         message.readinto(memoryview(raw_table))
         table = struct.unpack(f"<{2 * n_storages}Q", raw_table)

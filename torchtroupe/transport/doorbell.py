@@ -24,10 +24,8 @@ from __future__ import annotations
 
 from .fence import full_fence
 from .futex import futex_wait, futex_wake
+from .layout import AWAKE, PARKED
 from .region import SharedRegion
-
-AWAKE = 0
-PARKED = 1
 
 
 class Doorbell:

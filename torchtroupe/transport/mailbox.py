@@ -23,8 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .doorbell import Doorbell
-from .region import CACHE_LINE, SharedRegion, align_up
-from .ring import OPEN, RingLayout, RingReader, RingWriter, ring_footprint
+from .layout import (
+    CACHE_LINE,
+    CURSOR_WORD,
+    DETACHED_WORD,
+    MIN_CAPACITY,
+    OPEN,
+    STATE_LINE,
+    WRITE_LINE,
+)
+from .region import SharedRegion, align_up
+from .ring import RingLayout, RingReader, RingWriter, ring_footprint
 from .stream import MessageReader, MessageWriter
 from .waiting import DEFAULT_STRATEGY, WaitStrategy
 
@@ -61,7 +70,7 @@ class MailboxLayout:
         """Allocates and formats the mailbox of a group of ``world_size`` ranks."""
         if world_size < 1:
             raise ValueError(f"world_size must be at least 1, not {world_size}")
-        capacity = 1 << max(12, (ring_bytes - 1).bit_length())
+        capacity = max(MIN_CAPACITY, 1 << (ring_bytes - 1).bit_length())
         request_offset = align_up(_rank_bell(world_size), CACHE_LINE)
         position = request_offset + ring_footprint(capacity, world_size)
         reply_offsets = []
@@ -109,13 +118,14 @@ class MailboxLayout:
         """
         words = self.region.words
         reply = self.reply_ring(rank)
-        words[reply.word_index(1)] = 0  # write cursor
-        words[reply.word_index(2)] = OPEN
-        words[reply.word_index(reply.reader_line(0))] = 0
-        words[reply.word_index(reply.reader_line(0), 1)] = 0
+        words[reply.word_index(WRITE_LINE)] = 0
+        words[reply.word_index(STATE_LINE)] = OPEN
+        words[reply.word_index(reply.reader_line(0), CURSOR_WORD)] = 0
+        words[reply.word_index(reply.reader_line(0), DETACHED_WORD)] = 0
         request = request_writer.layout
-        words[request.word_index(request.reader_line(rank))] = request_writer.cursor
-        words[request.word_index(request.reader_line(rank), 1)] = 0
+        request_line = request.reader_line(rank)
+        words[request.word_index(request_line, CURSOR_WORD)] = request_writer.cursor
+        words[request.word_index(request_line, DETACHED_WORD)] = 0
 
 
 class CallerEnd:

@@ -12,7 +12,7 @@ import ctypes
 import torch
 import torch.multiprocessing
 
-CACHE_LINE = 64
+from .layout import CACHE_LINE
 
 
 def align_up(value: int, alignment: int) -> int:

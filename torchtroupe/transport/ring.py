@@ -25,7 +25,9 @@ preceded by a PAD record filling the tail::
 
 ``kind`` is DATA, PAD or ABORT (a writer gave up in the middle of a multi-fragment
 message); flag bit 0 says more fragments of the same message follow. Publication
-order is in Note [Publication order and fences] (``fence.py``).
+order is in Note [Publication order and fences] (``fence.py``). The numbers of this
+layout (lines, words, kinds, flags, limits) are named in ``layout.py``, their one
+home (Note [One home for the ring's numbers]).
 """
 
 from __future__ import annotations
@@ -37,7 +39,28 @@ from typing import TYPE_CHECKING
 from ..errors import ChannelBrokenError, ChannelClosedError
 from .doorbell import Doorbell
 from .fence import full_fence
-from .region import CACHE_LINE, SharedRegion
+from .layout import (
+    BELL_WORD,
+    CACHE_LINE,
+    CAPACITY_WORD,
+    DETACHED_WORD,
+    FIRST_READER_LINE,
+    HEADER_BYTES,
+    LINE_WORDS,
+    MAGIC,
+    MAX_CAPACITY,
+    MIN_CAPACITY,
+    N_READERS_WORD,
+    RECORD_DIVISOR,
+    STATE_LINE,
+    WRITER_BELL_WORD,
+)
+
+# RingLayout.state()'s values, also importable from here.
+from .layout import BROKEN as BROKEN
+from .layout import CLOSED as CLOSED
+from .layout import OPEN as OPEN
+from .region import SharedRegion
 from .waiting import DEFAULT_STRATEGY, WaitStrategy, wait_until
 
 if TYPE_CHECKING:
@@ -50,27 +73,14 @@ else:
     ReaderCore, WriterCore = core.ReaderCore, core.WriterCore
     spin_any, take_each = core.spin_any, core.take_each
 
-_MAGIC = 0x74726F7570650001  # "troupe" v1
-_LINE_WORDS = CACHE_LINE // 8
-_CONST, _WRITE, _STATE = 0, 1, 2
-_FIRST_READER_LINE = 3
-
-OPEN, CLOSED, BROKEN = 0, 1, 2
-DATA, PAD, ABORT = 1, 2, 3
-MORE = 1
-HEADER_BYTES = 8
-
 
 def ring_footprint(capacity: int, n_readers: int) -> int:
     """Bytes a ring of ``capacity`` data bytes and ``n_readers`` readers occupies."""
-    return (_FIRST_READER_LINE + n_readers) * CACHE_LINE + capacity
-
-
-MAX_CAPACITY = 1 << 34  # a record's length is 32 bits, and a record is at most a quarter
+    return (FIRST_READER_LINE + n_readers) * CACHE_LINE + capacity
 
 
 def _check_capacity(capacity: int) -> None:
-    if capacity < 4096 or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+    if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
         raise ValueError(
             "ring capacity must be a power of two from 4096 bytes to 16 GiB, "
             f"not {capacity}"
@@ -90,15 +100,15 @@ class RingLayout:
     def __init__(self, region: SharedRegion, offset: int) -> None:
         words = region.words
         base = offset // 8
-        if offset % CACHE_LINE or words[base] != _MAGIC:
+        if offset % CACHE_LINE or words[base] != MAGIC:
             raise ValueError(f"no ring at offset {offset} of this region")
         self.region = region
         self.offset = offset
-        self.capacity = int(words[base + 1])
-        self.n_readers = int(words[base + 2])
-        self.writer_bell_offset = int(words[base + 3])
+        self.capacity = int(words[base + CAPACITY_WORD])
+        self.n_readers = int(words[base + N_READERS_WORD])
+        self.writer_bell_offset = int(words[base + WRITER_BELL_WORD])
         self.mask = self.capacity - 1
-        self.data = offset + (_FIRST_READER_LINE + self.n_readers) * CACHE_LINE
+        self.data = offset + (FIRST_READER_LINE + self.n_readers) * CACHE_LINE
 
     @staticmethod
     def format(
@@ -118,42 +128,42 @@ class RingLayout:
             raise ValueError("the ring does not fit in the region at that offset")
         words = region.words
         base = offset // 8
-        words[base + 1] = capacity
-        words[base + 2] = n_readers
-        words[base + 3] = writer_bell_offset
+        words[base + CAPACITY_WORD] = capacity
+        words[base + N_READERS_WORD] = n_readers
+        words[base + WRITER_BELL_WORD] = writer_bell_offset
         for reader, bell in enumerate(reader_bell_offsets):
-            words[base + (_FIRST_READER_LINE + reader) * _LINE_WORDS + 2] = bell
+            words[base + (FIRST_READER_LINE + reader) * LINE_WORDS + BELL_WORD] = bell
         full_fence()
-        words[base] = _MAGIC
+        words[base] = MAGIC
         return RingLayout(region, offset)
 
     def word_index(self, line: int, slot: int = 0) -> int:
         """Index into ``region.words`` of word ``slot`` of control line ``line``."""
-        return self.offset // 8 + line * _LINE_WORDS + slot
+        return self.offset // 8 + line * LINE_WORDS + slot
 
     def reader_line(self, reader: int) -> int:
         """Control line of reader ``reader``."""
-        return _FIRST_READER_LINE + reader
+        return FIRST_READER_LINE + reader
 
     @property
     def max_record_payload(self) -> int:
         """Largest payload one record may carry (a quarter of the ring)."""
-        return self.capacity // 4 - HEADER_BYTES
+        return self.capacity // RECORD_DIVISOR - HEADER_BYTES
 
     def state(self) -> int:
         """OPEN, CLOSED or BROKEN."""
-        return int(self.region.words[self.word_index(_STATE)])
+        return int(self.region.words[self.word_index(STATE_LINE)])
 
     def set_state(self, state: int) -> None:
         """Marks the ring closed or broken and wakes every parked end."""
         words = self.region.words
-        index = self.word_index(_STATE)
+        index = self.word_index(STATE_LINE)
         if words[index] == OPEN or state == BROKEN:
             words[index] = state
         full_fence()
         Doorbell(self.region, self.writer_bell_offset).interrupt()
         for reader in range(self.n_readers):
-            bell = int(words[self.word_index(self.reader_line(reader), 2)])
+            bell = int(words[self.word_index(self.reader_line(reader), BELL_WORD)])
             Doorbell(self.region, bell).interrupt()
 
 
@@ -249,7 +259,7 @@ class RingReader(ReaderCore):
         super().__init__(layout.region, layout.offset, reader)
         self._layout = layout
         self._strategy = strategy
-        bell_offset = layout.region.words[layout.word_index(layout.reader_line(reader), 2)]
+        bell_offset = layout.region.words[layout.word_index(layout.reader_line(reader), BELL_WORD)]
         self._bell = Doorbell(layout.region, int(bell_offset))
 
     @property
@@ -292,7 +302,7 @@ class RingReader(ReaderCore):
 
 def detach_reader(layout: RingLayout, reader: int) -> None:
     """Detaches ``reader`` on its behalf (its process died), waking the writer."""
-    layout.region.words[layout.word_index(layout.reader_line(reader), 1)] = 1
+    layout.region.words[layout.word_index(layout.reader_line(reader), DETACHED_WORD)] = 1
     full_fence()
     Doorbell(layout.region, layout.writer_bell_offset).interrupt()
 

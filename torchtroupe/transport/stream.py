@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .ring import ABORT, RingReader, RingWriter
+from .layout import ABORT
+from .ring import RingReader, RingWriter
 
 Alive = Callable[[], bool] | None
 
