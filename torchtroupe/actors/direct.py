@@ -34,7 +34,7 @@ from .messages import CALL, ERROR, RESULT
 from .outcomes import shut_down
 from .pump import ReplyPump
 from .requests import RequestWriter
-from .slots import CallSlot, Outgoing
+from .slots import CallSlot, Request
 
 READY = "ready"
 
@@ -61,6 +61,8 @@ class DirectPath:
         self._pump = pump
         self._writer = writer
         self._lifecycle = lifecycle
+        self._spin_window_s = pump.spin_s  # fixed per group
+        self._replies = pump.reply_readers  # updated in place as ranks restart
 
     def call(
         self,
@@ -116,17 +118,16 @@ class DirectPath:
                     return None  # the general path says why
             finally:
                 lock.release()
-            sent: Outgoing = (target, CALL, name, args, kwargs)
             if target == TARGET_ALL:
-                return self.read_replies(seq, name, timeout, sent, position)
-            return self.read_reply(target, seq, name, timeout, sent, position)
+                return self.read_replies(seq, name, timeout, request, position)
+            return self.read_reply(target, seq, name, timeout, request, position)
         finally:
             pump.release_pump()
 
     def _spin_s(self, timeout: float | None) -> float:
         """The spin window, no longer than the call's timeout (no clock read: past
         the window, the general path keeps the deadline)."""
-        spin_s = self._pump.spin_s
+        spin_s = self._spin_window_s
         return spin_s if timeout is None or timeout >= spin_s else max(0.0, timeout)
 
     def read_reply(
@@ -135,7 +136,7 @@ class DirectPath:
         seq: int,
         name: str,
         timeout: float | None,
-        sent: Outgoing | None = None,
+        sent: Request | None = None,
         position: int = -1,
     ) -> tuple[bool, Any]:
         """The read half for one rank; call holding the pump, right after writing.
@@ -145,7 +146,7 @@ class DirectPath:
             :meth:`call`); ``sent`` and ``position`` go into that slot.
         """
         pump = self._pump
-        reader = pump.reply_reader(rank)
+        reader = self._replies[rank]
         ring = reader.ring
         try:
             taken = ring.take(loads, TARGET_ALL)
@@ -173,7 +174,7 @@ class DirectPath:
         seq: int,
         name: str,
         timeout: float | None,
-        sent: Outgoing | None = None,
+        sent: Request | None = None,
         position: int = -1,
     ) -> tuple[bool, Any]:
         """The read half of a broadcast; call holding the pump (every rank readable),

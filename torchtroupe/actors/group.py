@@ -56,6 +56,7 @@ class ActorGroup:
         self._takes_timeout = frozenset(
             name for name, params in endpoint_parameters(actor_class).items() if "timeout" in params
         )
+        self._direct = lifecycle.direct
         self._refs = [ActorRef(self, rank) for rank in range(lifecycle.world_size)]
         self._finalizer = weakref.finalize(self, _emergency_stop, lifecycle)
 
@@ -164,7 +165,7 @@ class ActorGroup:
         if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
             check_call(self._lifecycle.actor_class, name, args, kwargs)
         deadline = None if timeout is None else check_timeout(timeout)
-        direct = self._lifecycle.direct.call(rank, name, args, kwargs, timeout)
+        direct = self._direct.call(rank, name, args, kwargs, timeout)
         if direct is None:
             slots = self._slots(CALL, name, [rank], None, args, kwargs, deadline)
         else:
@@ -180,7 +181,7 @@ class ActorGroup:
     ) -> list[Any]:
         self._check(name, args, kwargs)
         deadline = None if timeout is None else check_timeout(timeout)
-        direct = self._lifecycle.direct.call(TARGET_ALL, name, args, kwargs, timeout)
+        direct = self._direct.call(TARGET_ALL, name, args, kwargs, timeout)
         if direct is None:
             slots = self._slots(CALL, name, self._all_ranks(), None, args, kwargs, deadline)
         else:
@@ -413,12 +414,29 @@ class ActorRef:
             ActorDiedError: The rank died before answering.
             CallTimeoutError: No answer within ``timeout`` seconds.
         """
+        # The hot path of the library: _call_one written out flat, since every Python
+        # call costs (Note [The direct path] in direct.py).
         group = self._group_ref()
         if group is None:
             group = self._group  # raises GroupClosedError
         if timeout is DEFAULT:
-            return group._call_one(self.rank, name, args, kwargs, None)
-        return group._call_one(self.rank, name, args, kwargs, group._resolve_timeout(name, timeout))
+            timeout = None
+        elif name in group._takes_timeout:
+            group._resolve_timeout(name, timeout)  # raises: ambiguous
+        arity = group._arity.get(name)
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            check_call(group._lifecycle.actor_class, name, args, kwargs)
+        deadline = None if timeout is None else check_timeout(timeout)  # type: ignore[arg-type]
+        direct = group._direct.call(self.rank, name, args, kwargs, timeout)  # type: ignore[arg-type]
+        if direct is None:
+            slots = group._slots(CALL, name, [self.rank], None, args, kwargs, deadline)
+        else:
+            answered, outcome = direct
+            if answered:
+                return outcome
+            slots = [outcome]
+        group._wait(slots, deadline, timeout, name)  # type: ignore[arg-type]
+        return slots[0].outcome()
 
     def call_async(
         self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any

@@ -273,9 +273,10 @@ class ReplyPump:
         """The reply rings of the readable ranks, in rank order."""
         return self._spin_readers
 
-    def reply_reader(self, rank: int) -> MessageReader:
-        """Rank ``rank``'s reply reader."""
-        return self._end.replies[rank]
+    @property
+    def reply_readers(self) -> list[MessageReader]:
+        """Each rank's reply reader (the list is updated in place as ranks restart)."""
+        return self._end.replies
 
     @property
     def spin_s(self) -> float:

@@ -189,12 +189,10 @@ class RequestWriter:
             if slot.done or request is None:
                 continue
             _, kind, name, args, kwargs = request
-            again: Outgoing = (slot.rank, kind, name, args, kwargs)
             try:
                 message = self.encoder.encode_compact(
                     (slot.seq, kind, name, args, kwargs), slot.rank, slot.seq
                 )
-                slot.request = again
                 slot.position = self.requests.ring.cursor
                 if isinstance(message, EncodedMessage) and message.fds:
                     self._send_fds(slot.rank, slot.seq, message.fds, deadline)

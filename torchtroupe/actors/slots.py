@@ -11,6 +11,8 @@ from typing import Any
 
 Outgoing = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]
 """A request to write: (target, kind, name, args, kwargs); see ``messages.Request``."""
+Request = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]
+"""A request as written: (seq, kind, name, args, kwargs), ``messages.Request``'s fields."""
 
 
 def slot_key(seq: int, rank: int) -> int:
@@ -34,7 +36,7 @@ class CallSlot:
         seq: The request's sequence number.
         rank: The rank that answers.
         name: The endpoint (or callable) name, for error notes.
-        request: What the direct path wrote for this rank, kept so that a request
+        request: The request the direct path wrote for this rank, kept so that a request
             the rank never read can be written again to its next incarnation (Note
             [Calls a dead rank never read] in ``deaths.py``); None otherwise.
         position: Where that request starts in the request ring (the writer's cursor
@@ -55,7 +57,7 @@ class CallSlot:
     )
 
     def __init__(
-        self, seq: int, rank: int, name: str, request: Outgoing | None = None, position: int = -1
+        self, seq: int, rank: int, name: str, request: Request | None = None, position: int = -1
     ) -> None:
         self.seq = seq
         self.rank = rank
