@@ -37,9 +37,11 @@ import torch
 import torch.multiprocessing
 
 from ..transport.fdpass import FdChannel, socket_pair
+from . import forkserver_exit
 
 START_METHODS = ("forkserver", "spawn", "fork")
-_ALWAYS_PRELOADED = ("torch",)
+# See Note [The forkserver exits at once] in forkserver_exit.py.
+_ALWAYS_PRELOADED = ("torch", forkserver_exit.__name__)
 _KILL_WAIT_S = 5.0
 RANK_PROCESS_PREFIX = "troupe:"
 _preparation_data = multiprocessing.spawn.get_preparation_data
@@ -121,8 +123,9 @@ def launch(
     """Starts one rank process running ``target(*args, death_pipe, fd_socket)``.
 
     The rank holds the read end of a pipe whose write end only this process holds:
-    when this process dies, the rank sees EOF and exits. ``title`` names the process
-    (it must start with ``RANK_PROCESS_PREFIX``).
+    ``target`` must pass it to ``lifeline.bind`` first thing, so that the rank ends
+    when this process ends (Note [A rank dies with its driver] in lifeline.py).
+    ``title`` names the process (it must start with ``RANK_PROCESS_PREFIX``).
     """
     reader, writer = context.Pipe(duplex=False)
     caller_socket, rank_socket = socket_pair()
