@@ -1,4 +1,4 @@
-"""Actors and helpers used by the tests of ``torchtroupe/processes``.
+"""Actors, launch targets and helpers used by the tests of ``torchtroupe/processes``.
 
 They live at module level in an importable module so that every rank can load them.
 """
@@ -8,8 +8,29 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import threading
+from multiprocessing.connection import Connection
+from socket import socket
 
 import torchtroupe as tt
+
+
+def start_children() -> list[int]:
+    """Starts the two kinds of children a rank may have; returns their pids.
+
+    A ``subprocess.Popen`` of ``sleep 300`` and an ``os.fork`` of this process that
+    blocks until it is killed. Neither is ever waited for: they must end with the rank.
+    """
+    popen = subprocess.Popen(["sleep", "300"])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    return [popen.pid, pid]
 
 
 def kill_survivors(pids: list[int]) -> None:
@@ -34,8 +55,31 @@ def pipe_inodes() -> set[int]:
 
 
 class Parent(tt.Actor):
-    """A rank that reports on its ties to the driver."""
+    """A rank that starts children of its own, and reports on its ties."""
+
+    @tt.endpoint
+    def start_children(self) -> list[int]:
+        return start_children()
 
     @tt.endpoint
     def pipe_inodes(self) -> set[int]:
         return pipe_inodes()
+
+    @tt.endpoint
+    def exit_abnormally(self, code: int) -> None:
+        os._exit(code)
+
+
+def stubborn_rank(report: Connection, death_pipe: Connection, fd_socket: socket) -> None:
+    """A launch target that never stops on its own, not even on SIGTERM.
+
+    Reports ``[pid, child pids...]`` on ``report``, then blocks until it is killed.
+    """
+    from torchtroupe.processes import lifeline
+
+    lifeline.bind(death_pipe, exit_code=70)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report.send([os.getpid(), *start_children()])
+    report.close()
+    fd_socket.close()
+    threading.Event().wait()

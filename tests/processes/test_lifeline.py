@@ -16,6 +16,7 @@ import pytest
 
 import torchtroupe as tt
 from tests.processes.actors_for_processes import Parent, kill_survivors
+from tests.supervision.events_for_tests import EventRecorder
 from tests.supervision.processes_for_tests import read_json_line, start_script, wait_until_gone
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 
@@ -32,12 +33,17 @@ import os
 import sys
 
 import torchtroupe as tt
+from tests.processes.actors_for_processes import start_children
 
 
 class Rank(tt.Actor):
     @tt.endpoint
     def pid(self) -> int:
         return os.getpid()
+
+    @tt.endpoint
+    def start_children(self) -> list[int]:
+        return start_children()
 
     @tt.endpoint
     def hold_the_gil(self) -> None:
@@ -48,9 +54,10 @@ class Rank(tt.Actor):
 if __name__ == "__main__":
     state = sys.argv[1]
     group = tt.spawn(Rank, world_size=2)
-    assert group.broadcast("pid", timeout=60) == group.pids
+    children = group[0].call("start_children", timeout=60)
     print(json.dumps({
         "ranks": group.pids,
+        "children": children,
         "forkserver": multiprocessing.forkserver._forkserver._forkserver_pid,
         "resource tracker": multiprocessing.resource_tracker._resource_tracker._pid,
     }), flush=True)
@@ -72,15 +79,15 @@ def test_a_killed_driver_leaves_no_process_behind_whatever_state_a_rank_is_in(
     descendants: list[int] = []
     try:
         report = read_json_line(program, tmp_path)
-        ranks = report["ranks"]
+        ranks, children = report["ranks"], report["children"]
         helpers = [report["forkserver"], report["resource tracker"]]
-        assert isinstance(ranks, list)
+        assert isinstance(ranks, list) and isinstance(children, list)
         if state == "holding the gil":
             assert read_json_line(program, tmp_path) == {"holding the gil": ranks[1]}
         elif state == "stopped":
             os.kill(ranks[1], signal.SIGSTOP)
         descendants = _descendants(program.pid)
-        assert {*ranks, *helpers} <= set(descendants)
+        assert {*ranks, *children, *helpers} <= set(descendants)
 
         program.kill()
         assert program.wait(LONG_TIMEOUT) == -signal.SIGKILL
@@ -99,3 +106,49 @@ def test_a_rank_does_not_hold_the_drivers_forkserver_lifeline() -> None:
         alive_fd = server._forkserver_alive_fd  # type: ignore[attr-defined]
         alive_pipe = os.fstat(alive_fd).st_ino
         assert alive_pipe not in group[0].call("pipe_inodes", timeout=SHORT_TIMEOUT)
+
+
+# -- a rank's children end with it: Note [Descendants end with their rank] -------------
+
+
+def test_a_ranks_children_end_when_its_group_shuts_down() -> None:
+    group = tt.spawn(Parent, timeout=LONG_TIMEOUT)
+    children: list[int] = []
+    try:
+        children = group[0].call("start_children", timeout=SHORT_TIMEOUT)
+    finally:
+        group.shutdown(timeout=SHORT_TIMEOUT)
+        try:
+            assert wait_until_gone(children, SHORT_TIMEOUT) == []
+        finally:
+            kill_survivors(children)
+
+
+def test_a_ranks_children_end_when_the_rank_exits_on_its_own() -> None:
+    children: list[int] = []
+    try:
+        with tt.spawn(Parent, timeout=LONG_TIMEOUT) as group:
+            children = group[0].call("start_children", timeout=SHORT_TIMEOUT)
+            with pytest.raises(tt.ActorDiedError):
+                group[0].call("exit_abnormally", 3, timeout=SHORT_TIMEOUT)
+            assert wait_until_gone(children, SHORT_TIMEOUT) == []
+    finally:
+        kill_survivors(children)
+
+
+def test_a_ranks_children_end_when_the_rank_is_killed_and_restarted() -> None:
+    recorder = EventRecorder()
+    policy = tt.RestartPolicy(max_restarts=1)
+    children: list[int] = []
+    try:
+        with tt.spawn(Parent, restart=policy, on_event=recorder, timeout=LONG_TIMEOUT) as group:
+            children = group[0].call("start_children", timeout=SHORT_TIMEOUT)
+            killed = group[0].pid
+            assert killed is not None
+            os.kill(killed, signal.SIGKILL)
+            assert wait_until_gone(children, SHORT_TIMEOUT) == []
+            recorder.wait_for("restarted", rank=0)
+            assert group[0].call("pipe_inodes", timeout=SHORT_TIMEOUT)  # serving again
+            assert group[0].pid != killed
+    finally:
+        kill_survivors(children)

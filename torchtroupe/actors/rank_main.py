@@ -6,7 +6,7 @@ Runs in the rank's process only. The order of the handshake with the caller::
     ------                                   ----
     start process (boot record, death pipe)  processes.lifeline.bind: ignore SIGINT, close the
                                              inherited forkserver lifeline, PR_SET_PDEATHSIG,
-                                             watch death pipe
+                                             lead a process group with a keeper, watch death pipe
                                              set RANK/WORLD_SIZE/... and the CUDA device
                                              join torch.distributed (if asked)
                                              build the actor (runs __init__)
@@ -335,8 +335,8 @@ def _join_process_group(boot: RankBoot) -> None:
 
 def rank_main(boot: RankBoot, death_pipe: Connection, fd_socket: socket.socket) -> None:
     """Entry point of a rank's process (the target of its ``Process``)."""
-    # First, on the only thread: see Note [A rank dies with its driver] in
-    # processes/lifeline.py.
+    # First, on the only thread: see Note [A rank dies with its driver] and
+    # Note [Descendants end with their rank] in processes/lifeline.py.
     lifeline.bind(death_pipe, exit_code=FATAL_EXIT_CODE)
     os.environ.update(boot.env)
     os.environ.update(

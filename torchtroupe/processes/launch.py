@@ -24,7 +24,9 @@ as our ranks (and only those) leaves the main module out.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.spawn
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -89,7 +91,9 @@ class RankProcess:
     Attributes:
         rank: The rank.
         process: The multiprocessing process (closed once reaped by :func:`stop`).
-        death_pipe: Write end of the rank's death pipe; only this process holds it.
+        death_pipe: Write end of the rank's death pipe; only this process holds it, and
+            nothing is ever written to it: closing it, or this process's death, ends the
+            rank and its process group.
         fd_channel: The caller's end of the rank's fd channel (shared-memory tensors).
         pid: The process id.
         sentinel: Becomes readable when the process ends.
@@ -112,6 +116,45 @@ class RankProcess:
             return self.reaped_exitcode
         return self.process.exitcode
 
+    def end_descendants(self) -> None:
+        """SIGKILLs the rank's process group: every process the rank started that is
+        still in it, and the rank itself if it still runs.
+
+        Runs in the process that launched the rank, on any thread. Safe at any time:
+        it acts only while the rank's pid cannot have been reused, that is until the
+        rank is reaped, and is a no-op afterwards (and so idempotent). See Note
+        [Descendants end with their rank] in lifeline.py: each rank's keeper does the
+        same by itself the moment the rank ends, so this is the synchronous path
+        :func:`stop` takes before it reaps a rank, and a backstop.
+
+        Under ``spawn`` and ``fork`` this process reaps the rank, so call it before
+        anything reads :attr:`exitcode` of a rank that ended (reading it reaps). Under
+        ``forkserver`` the server reaps the rank as soon as it ends, and this acts only
+        while the rank has not ended or the server has not reaped it yet.
+        """
+        if self.reaped or not _pid_is_held(self):
+            return
+        # A rank that did not make itself a group leader (it died at boot) has no group:
+        # ESRCH. EPERM: the pid now leads another user's group, which cannot be ours.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+def _pid_is_held(rank: RankProcess) -> bool:
+    """True while ``rank``'s pid (its process group's id) cannot name another process:
+    the rank is not reaped yet."""
+    try:
+        os.waitid(os.P_PID, rank.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        pass  # reaped by us already, or not our child (forkserver): see below
+    else:
+        return True  # our child, running or a zombie: the kernel keeps its pid
+    # A forkserver's child: the server writes the exit code to the sentinel once it has
+    # reaped the rank, so an unready sentinel means not reaped. The server could reap it
+    # between this check and the caller's kill; the pid would then have to be handed to
+    # a new group leader in those microseconds, and Linux hands out pids in a cycle.
+    return not wait([rank.sentinel], 0)
+
 
 def launch(
     context: BaseContext,
@@ -123,9 +166,10 @@ def launch(
     """Starts one rank process running ``target(*args, death_pipe, fd_socket)``.
 
     The rank holds the read end of a pipe whose write end only this process holds:
-    ``target`` must pass it to ``lifeline.bind`` first thing, so that the rank ends
-    when this process ends (Note [A rank dies with its driver] in lifeline.py).
-    ``title`` names the process (it must start with ``RANK_PROCESS_PREFIX``).
+    ``target`` must pass it to ``lifeline.bind`` first thing, so that the rank, and
+    what it starts, end when this process ends (Note [A rank dies with its driver] in
+    lifeline.py). ``title`` names the process (it must start with
+    ``RANK_PROCESS_PREFIX``).
     """
     reader, writer = context.Pipe(duplex=False)
     caller_socket, rank_socket = socket_pair()
@@ -146,26 +190,25 @@ def launch(
 
 
 def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KILL_WAIT_S) -> None:
-    """Ends ``ranks``: waits ``graceful_s`` for them to exit (a STOP request was
-    sent already, or they are dying), then SIGTERM and ``term_s`` more, then
-    SIGKILL, and reaps all.
+    """Ends ``ranks`` and what they started, and reaps them.
+
+    Waits ``graceful_s`` for the ranks to exit (a STOP request was sent already, or they
+    are dying), then sends SIGTERM and waits ``term_s`` more, then SIGKILL. Before
+    reaping a rank it ends the rank's process group (see
+    :meth:`RankProcess.end_descendants`). Ranks reaped already are skipped.
+
+    Runs in the launching process, on any thread.
     """
     ranks = [rank for rank in ranks if not rank.reaped]
-    deadline = time.monotonic() + graceful_s
-    _wait_exited(ranks, deadline)
+    running = _wait_exited(ranks, time.monotonic() + graceful_s)
     for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        alive = [rank for rank in ranks if rank.process.exitcode is None]
-        if not alive:
+        if not running:
             break
-        for rank in alive:
+        for rank in running:
             _send_signal(rank.process, signal_number)
-        _wait_exited(alive, time.monotonic() + term_s)
+        running = _wait_exited(running, time.monotonic() + term_s)
     for rank in ranks:
-        rank.process.join()
-        rank.reaped_exitcode = rank.process.exitcode
-        rank.reaped = True
-        rank.process.close()
-        rank.death_pipe.close()
+        _reap(rank)
 
 
 def _send_signal(process: BaseProcess, signal_number: int) -> None:
@@ -175,12 +218,26 @@ def _send_signal(process: BaseProcess, signal_number: int) -> None:
         process.kill()
 
 
-def _wait_exited(ranks: Sequence[RankProcess], deadline: float) -> None:
-    pending = {rank.sentinel: rank for rank in ranks if rank.process.exitcode is None}
+def _wait_exited(ranks: Sequence[RankProcess], deadline: float) -> list[RankProcess]:
+    """Waits until every rank's sentinel fired or ``deadline`` passed; returns the ranks
+    still running. Reaps none."""
+    pending = {rank.sentinel: rank for rank in ranks}
     while pending:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
+        remaining = max(deadline - time.monotonic(), 0.0)
         for sentinel in wait(list(pending), timeout=remaining):
             if isinstance(sentinel, int):
-                pending.pop(sentinel).process.join(0)
+                pending.pop(sentinel)
+        if remaining == 0.0:
+            break
+    return list(pending.values())
+
+
+def _reap(rank: RankProcess) -> None:
+    """Ends ``rank``'s process group, reaps it and closes what we hold of it."""
+    if not rank.reaped:
+        rank.end_descendants()
+        rank.process.join()
+        rank.reaped_exitcode = rank.process.exitcode
+        rank.reaped = True
+    rank.process.close()
+    rank.death_pipe.close()

@@ -1,9 +1,10 @@
 """A rank's ties to the process that launched it, set at boot: it ends when that one ends.
 
 Runs in the rank's process: :func:`bind` on its main thread first thing at boot, before
-any other thread exists; then one daemon thread blocked on the death pipe, which never
-wakes while the rank lives, so an idle rank stays at 0 % CPU. Linux only where it says
-so; elsewhere only the death pipe thread works.
+any other thread exists; then one daemon thread blocked on the death pipe, and a keeper
+process (a fork of the rank, see below) blocked in ``poll``. Neither wakes while the rank
+lives, so an idle rank stays at 0 % CPU. Linux only where it says so; elsewhere only the
+death pipe thread works.
 
 Note [A rank dies with its driver]
 ----------------------------------
@@ -13,26 +14,55 @@ whatever a rank is doing: holding the GIL in C code, stopped by SIGSTOP, or idle
 * The death pipe. The rank holds the read end of a pipe whose only write end is in the
   driver, so the pipe reaches end-of-file when the driver dies, however it dies. A daemon
   thread of the rank blocks on it and calls ``os._exit``. That thread needs the GIL, so it
-  cannot end a rank that holds the GIL in C code, nor a stopped one.
-* ``PR_SET_PDEATHSIG``, a tie that needs no Python code of the rank's: the kernel
-  SIGKILLs the rank when its OS parent dies. Under ``forkserver`` that parent is the
-  forkserver, so the chain is: the driver dies, the server sees end-of-file on its
-  "alive" pipe and exits, the kernel SIGKILLs every rank (stopped or not, GIL or not),
-  and the resource tracker sees end-of-file on its pipe once no rank holds it.
-* That chain used to be broken at its first link. CPython hands every child of the
-  forkserver a copy of the driver's write end of the server's "alive" pipe
-  (``multiprocessing.forkserver``: ``connect_to_new_process`` sends it, ``_serve_one``
-  stores it in the child as ``_forkserver._forkserver_alive_fd``), meant for a child that
-  starts processes through the same server. So every rank kept the forkserver alive: the
-  server never saw end-of-file and never exited, PDEATHSIG never fired, and the resource
-  tracker lived on too. :func:`bind` closes that inherited fd and forgets the inherited
-  server (under ``fork`` the child inherits the whole state, pid included), so the server
-  exits with the driver, and a group started inside a rank starts a forkserver of its
-  own, tied to that rank. ``forkserver_exit`` makes the server's exit quick.
+  cannot end a rank that holds the GIL in C code, nor a stopped one; hence the keeper
+  (Note [Descendants end with their rank]) watches the same pipe from another process
+  and SIGKILLs the rank's whole process group at end-of-file.
+* The forkserver. CPython hands every child of the forkserver a copy of the driver's
+  write end of the server's "alive" pipe (``multiprocessing.forkserver``:
+  ``connect_to_new_process`` sends it, ``_serve_one`` stores it in the child as
+  ``_forkserver._forkserver_alive_fd``), meant for a child that starts processes through
+  the same server. So every rank kept the forkserver alive after the driver died: the
+  server never saw end-of-file and never exited, and neither did the resource tracker
+  while the ranks held its pipe. :func:`bind` closes that inherited fd and forgets the
+  inherited server (under ``fork`` the child inherits the whole state, pid included), so
+  the server exits with the driver, and a group started inside a rank starts a
+  forkserver of its own, tied to that rank. ``forkserver_exit`` makes the server's exit
+  quick.
+* ``PR_SET_PDEATHSIG``, a second tie that needs no Python code of the rank's: the kernel
+  SIGKILLs the rank when its OS parent dies (under ``forkserver``, the server). The race
+  (the parent died before ``prctl`` ran) is closed by checking the death pipe right
+  after: the server only exits once the driver is gone.
 
-The race (the parent died before ``prctl`` ran, so no signal will come) is closed by
-checking the death pipe right after: under ``forkserver`` the server only exits once the
-driver is gone, and under ``spawn`` and ``fork`` the parent is the driver.
+Note [Descendants end with their rank]
+--------------------------------------
+A rank's own children (``subprocess.Popen``, ``os.fork``, a DataLoader's workers) must
+end with it, however the rank ends: a graceful stop, a crash, a restart, SIGKILL. The
+kernel does not do that by itself, and a rank killed by SIGKILL has no last word. So:
+
+* At boot the rank makes itself a process-group leader (``setpgid(0, 0)``: its pgid is
+  its pid). Its children inherit the group.
+* Then it forks a *keeper*: a copy of itself that keeps only two fds, a pidfd of the
+  rank and the death pipe's read end, closing every other one it inherited (so it holds
+  no pipe whose end-of-file someone waits for), ignores the usual termination signals,
+  and blocks in ``poll`` on both. When the rank dies by any cause, or the driver dies,
+  the keeper SIGKILLs its own process group: the rank if it still runs, every
+  descendant still in the group, and itself. Killing one's own group (``killpg(0)``)
+  cannot hit an unrelated process: while the keeper lives, the group id is in use.
+* ``RankProcess.end_descendants()`` (processes/launch.py) lets the process that launched
+  the rank kill the group itself, synchronously, as ``stop()`` does before it reaps a
+  rank; from outside the group that is only safe while the rank's pid cannot have been
+  reused, and that method says how it makes sure.
+
+The keeper costs one fork at boot (before CUDA or any thread exists) and one sleeping
+process per rank, named ``troupe-keeper``. Limits: a descendant that leaves the group
+(``setsid()``, ``setpgid()``, a daemonising double fork) escapes, as it would escape a
+terminal's job control; a keeper killed by hand leaves the rank's descendants to
+``end_descendants``; without pidfds (Linux before 5.3) there is no keeper; and the rank's
+code sees one child more than it made, which matters only to code that waits for *any*
+child (``os.wait()``). Because ranks lead their own groups, a terminal's Ctrl-C reaches
+the driver only, as intended: stopping ranks is the driver's business; and a rank is a
+background job of the driver's terminal, so it ignores SIGTTOU (which ``stty tostop``
+would send it for writing to the terminal), and so do its children.
 """
 
 from __future__ import annotations
@@ -41,6 +71,7 @@ import contextlib
 import ctypes
 import multiprocessing.forkserver
 import os
+import select
 import signal
 import threading
 from multiprocessing.connection import Connection
@@ -49,13 +80,17 @@ from typing import Any
 __all__ = ["bind"]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_KEEPER_NAME = b"troupe-keeper"
+_KEEPER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def bind(death_pipe: Connection, *, exit_code: int) -> None:
     """Ties this process to the one that launched it; call it first thing at boot.
 
-    Runs in the rank's process, on its main thread, before any other thread is started.
-    See Note [A rank dies with its driver].
+    Runs in the rank's process, on its main thread, before any other thread is started
+    (it forks the keeper). See Note [A rank dies with its driver] and Note [Descendants
+    end with their rank].
 
     Args:
         death_pipe: The read end of the death pipe; only the launching process holds the
@@ -67,6 +102,8 @@ def bind(death_pipe: Connection, *, exit_code: int) -> None:
     _set_parent_death_signal(signal.SIGKILL)
     if _at_end_of_file(death_pipe):
         os._exit(exit_code)  # the launching process is gone already
+    if _lead_own_process_group():
+        _start_keeper(death_pipe.fileno())
     _watch_death_pipe(death_pipe, exit_code)
 
 
@@ -105,6 +142,54 @@ def _at_end_of_file(connection: Connection) -> bool:
         return connection.poll(0)  # nothing is ever written: readable means end-of-file
     except OSError:
         return True
+
+
+def _lead_own_process_group() -> bool:
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        return False  # a session leader cannot; its descendants are then left alone
+    # Now a background group of the driver's terminal: with `stty tostop`, writing to the
+    # terminal would stop the rank (SIGTTOU) unless the signal is ignored.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    return True
+
+
+def _start_keeper(death_fd: int) -> None:
+    """Forks the keeper of this process's group. See Note [Descendants end with their rank]."""
+    try:
+        rank_fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return  # no pidfds: no keeper; stop() still ends the group through end_descendants
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid != 0:
+        os.close(rank_fd)
+        return
+    try:
+        _keep(rank_fd, death_fd, libc)
+    finally:
+        os._exit(0)
+
+
+def _keep(rank_fd: int, death_fd: int, libc: ctypes.CDLL) -> None:
+    """The keeper's whole life: wait for the rank's or the driver's end, then SIGKILL the
+    group."""
+    for signal_number in _KEEPER_IGNORES:
+        signal.signal(signal_number, signal.SIG_IGN)
+    low, high = sorted((rank_fd, death_fd))
+    os.closerange(0, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+    libc.prctl(_PR_SET_NAME, _KEEPER_NAME, 0, 0, 0)
+    poller = select.poll()
+    poller.register(rank_fd, select.POLLIN)  # readable once the rank has exited
+    poller.register(death_fd, select.POLLIN)  # hung up once the launching process is gone
+    poller.poll()
+    os.killpg(0, signal.SIGKILL)
 
 
 def _watch_death_pipe(connection: Connection, exit_code: int) -> None:
