@@ -6,6 +6,7 @@ They live at module level in an importable module so that every rank can load th
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from multiprocessing.connection import Connection
 from socket import socket
 
 import torchtroupe as tt
+
+_PR_GET_PDEATHSIG = 2
 
 
 def start_children() -> list[int]:
@@ -64,6 +67,16 @@ class Parent(tt.Actor):
     @tt.endpoint
     def pipe_inodes(self) -> set[int]:
         return pipe_inodes()
+
+    @tt.endpoint
+    def parent_death_signal(self) -> int:
+        """What ``PR_GET_PDEATHSIG`` says: the signal this rank gets when the thread that
+        forked it ends (0: none)."""
+        value = ctypes.c_int(-1)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_GET_PDEATHSIG) failed")
+        return value.value
 
     @tt.endpoint
     def exit_abnormally(self, code: int) -> None:

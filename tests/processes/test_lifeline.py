@@ -108,6 +108,18 @@ def test_a_rank_does_not_hold_the_drivers_forkserver_lifeline() -> None:
         assert alive_pipe not in group[0].call("pipe_inodes", timeout=SHORT_TIMEOUT)
 
 
+@pytest.mark.parametrize(
+    ("start_method", "expected"), [("forkserver", signal.SIGKILL), ("spawn", 0)]
+)
+def test_a_rank_asks_for_a_parent_death_signal_only_from_a_forkserver(
+    start_method: str, expected: int
+) -> None:
+    # Under spawn the parent "thread" is whichever thread of the driver started the rank
+    # (a restart thread, say): the signal would kill the rank when that thread ends.
+    with tt.spawn(Parent, start_method=start_method, timeout=LONG_TIMEOUT) as group:
+        assert group[0].call("parent_death_signal", timeout=SHORT_TIMEOUT) == expected
+
+
 # -- a rank's children end with it: Note [Descendants end with their rank] -------------
 
 
@@ -148,7 +160,7 @@ def test_a_ranks_children_end_when_the_rank_is_killed_and_restarted() -> None:
             os.kill(killed, signal.SIGKILL)
             assert wait_until_gone(children, SHORT_TIMEOUT) == []
             recorder.wait_for("restarted", rank=0)
-            assert group[0].call("pipe_inodes", timeout=SHORT_TIMEOUT)  # serving again
+            assert group[0].call("parent_death_signal", timeout=SHORT_TIMEOUT) == signal.SIGKILL
             assert group[0].pid != killed
     finally:
         kill_survivors(children)

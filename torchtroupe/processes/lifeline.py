@@ -29,9 +29,13 @@ whatever a rank is doing: holding the GIL in C code, stopped by SIGSTOP, or idle
   forkserver of its own, tied to that rank. ``forkserver_exit`` makes the server's exit
   quick.
 * ``PR_SET_PDEATHSIG``, a second tie that needs no Python code of the rank's: the kernel
-  SIGKILLs the rank when its OS parent dies (under ``forkserver``, the server). The race
-  (the parent died before ``prctl`` ran) is closed by checking the death pipe right
-  after: the server only exits once the driver is gone.
+  SIGKILLs the rank when the *thread* that forked it ends. Under ``forkserver`` that is
+  the server's only thread, which ends with the server, so the rank is set up for it.
+  Under ``spawn`` and ``fork`` it is whichever thread of the driver started the rank (a
+  restart thread, say), which may end long before the driver: there the rank must not
+  ask for it, or a rank restarted by a short-lived thread is killed when that thread
+  returns. The race (the server died before ``prctl`` ran) is closed by checking the
+  death pipe right after: the server only exits once the driver is gone.
 
 Note [Descendants end with their rank]
 --------------------------------------
@@ -98,8 +102,10 @@ def bind(death_pipe: Connection, *, exit_code: int) -> None:
         exit_code: The code this process exits with when the launching process is gone.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    forked_by_server = multiprocessing.forkserver.get_inherited_fds() is not None
     _forget_inherited_forkserver()
-    _set_parent_death_signal(signal.SIGKILL)
+    if forked_by_server:
+        _set_parent_death_signal(signal.SIGKILL)
     if _at_end_of_file(death_pipe):
         os._exit(exit_code)  # the launching process is gone already
     if _lead_own_process_group():
