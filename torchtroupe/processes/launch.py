@@ -20,15 +20,36 @@ by value. Re-running the script would be slow, and fatal for the common script
 that calls ``spawn`` at top level without an ``if __name__ == "__main__"`` guard
 (the child would try to spawn again). So the preparation data of processes named
 as our ranks (and only those) leaves the main module out.
+
+Note [A second Ctrl-C stops at once]
+------------------------------------
+The first Ctrl-C raises KeyboardInterrupt in the driver's code; leaving the ``with``
+block (or ``shutdown()``) then stops the ranks gracefully, and :func:`stop` waits up to
+``graceful_s`` for them. A second Ctrl-C raises KeyboardInterrupt again, inside that
+wait: the user wants out now. :func:`stop` then SIGKILLs every rank and its process
+group at once, reaps every one, and only then lets the KeyboardInterrupt go on. Further
+Ctrl-Cs while it reaps are absorbed: nothing can refuse SIGKILL, so the reaping takes
+milliseconds, while a rank left running would hang the interpreter's exit in
+multiprocessing's atexit join of its children (ranks are not daemonic). Any other
+exception escaping the wait is handled the same way.
+
+The same hang is possible outside :func:`stop`: a Ctrl-C that interrupts a shutdown
+before it reaches :func:`stop`, or a group's exit-time stop cut short. So every rank
+launched here and not yet reaped is also SIGKILLed and reaped by a multiprocessing
+exit finaliser, which runs just before multiprocessing joins the children at
+interpreter exit (after the groups' own exit-time shutdowns, which are ``atexit``
+callbacks registered later): by then a rank still running is one nobody will stop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing.spawn
+import multiprocessing.util
 import os
 import signal
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -84,7 +105,7 @@ def start_context(start_method: str, preload: Sequence[str] = ()) -> BaseContext
     return context
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class RankProcess:
     """One incarnation of one rank, as the caller sees it.
 
@@ -186,7 +207,9 @@ def launch(
         rank_socket.close()
     assert process.pid is not None  # set by start()
     channel = FdChannel(caller_socket)
-    return RankProcess(rank, process, writer, channel, process.pid, process.sentinel)
+    launched = RankProcess(rank, process, writer, channel, process.pid, process.sentinel)
+    _track(launched)
+    return launched
 
 
 def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KILL_WAIT_S) -> None:
@@ -198,17 +221,31 @@ def stop(ranks: Sequence[RankProcess], *, graceful_s: float, term_s: float = _KI
     :meth:`RankProcess.end_descendants`). Ranks reaped already are skipped.
 
     Runs in the launching process, on any thread.
+
+    Raises:
+        KeyboardInterrupt: A Ctrl-C arrived while it waited: every rank was then
+            SIGKILLed and reaped first. See Note [A second Ctrl-C stops at once].
     """
     ranks = [rank for rank in ranks if not rank.reaped]
-    running = _wait_exited(ranks, time.monotonic() + graceful_s)
-    for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        if not running:
-            break
-        for rank in running:
-            _send_signal(rank.process, signal_number)
-        running = _wait_exited(running, time.monotonic() + term_s)
+    try:
+        running = _wait_exited(ranks, time.monotonic() + graceful_s)
+        for signal_number in (signal.SIGTERM, signal.SIGKILL):
+            if not running:
+                break
+            for rank in running:
+                _send_signal(rank.process, signal_number)
+            running = _wait_exited(running, time.monotonic() + term_s)
+    except BaseException:
+        _kill_and_reap(ranks)
+        raise
     for rank in ranks:
         _reap(rank)
+
+
+def _has_ended(rank: RankProcess) -> bool:
+    """True once the rank's sentinel fired: it exited (under ``forkserver``: and the
+    server reaped it, so its pid must not be signalled any more)."""
+    return bool(wait([rank.sentinel], 0))
 
 
 def _send_signal(process: BaseProcess, signal_number: int) -> None:
@@ -233,11 +270,53 @@ def _wait_exited(ranks: Sequence[RankProcess], deadline: float) -> list[RankProc
 
 
 def _reap(rank: RankProcess) -> None:
-    """Ends ``rank``'s process group, reaps it and closes what we hold of it."""
+    """Ends ``rank``'s process group, reaps it and closes what we hold of it.
+
+    Safe to run again after an interruption at any point.
+    """
     if not rank.reaped:
         rank.end_descendants()
         rank.process.join()
         rank.reaped_exitcode = rank.process.exitcode
         rank.reaped = True
+    _unreaped.pop(id(rank), None)
     rank.process.close()
     rank.death_pipe.close()
+
+
+def _kill_and_reap(ranks: Sequence[RankProcess]) -> None:
+    """SIGKILLs every rank with its process group, then reaps them all, absorbing
+    KeyboardInterrupts until done. See Note [A second Ctrl-C stops at once]."""
+    while True:
+        try:
+            for rank in ranks:  # all killed first: no rank's end waits behind another's
+                if not rank.reaped:
+                    rank.end_descendants()
+                    if not _has_ended(rank):
+                        rank.process.kill()  # in case it did not lead a group yet
+            for rank in ranks:
+                _reap(rank)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+# Every rank this process launched and has not reaped yet; see Note [A second Ctrl-C
+# stops at once]. A forked child inherits the dict and the pid: it starts afresh.
+_unreaped: weakref.WeakValueDictionary[int, RankProcess] = weakref.WeakValueDictionary()
+_unreaped_pid: int | None = None
+
+
+def _track(rank: RankProcess) -> None:
+    global _unreaped_pid
+    if _unreaped_pid != os.getpid():
+        _unreaped.clear()
+        _unreaped_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _end_unreaped_ranks, exitpriority=0)
+    _unreaped[id(rank)] = rank
+
+
+def _end_unreaped_ranks() -> None:
+    """Runs at interpreter exit, just before multiprocessing joins the children."""
+    if _unreaped_pid == os.getpid():
+        _kill_and_reap([rank for rank in list(_unreaped.values()) if not rank.reaped])
