@@ -4,7 +4,9 @@ Runs in the rank's process only. The order of the handshake with the caller::
 
     caller                                   rank
     ------                                   ----
-    start process (boot record, death pipe)  ignore SIGINT, PR_SET_PDEATHSIG, watch death pipe
+    start process (boot record, death pipe)  processes.lifeline.bind: ignore SIGINT, close the
+                                             inherited forkserver lifeline, PR_SET_PDEATHSIG,
+                                             lead a process group with a keeper, watch death pipe
                                              set RANK/WORLD_SIZE/... and the CUDA device
                                              join torch.distributed (if asked)
                                              build the actor (runs __init__)
@@ -16,13 +18,11 @@ Runs in the rank's process only. The order of the handshake with the caller::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import logging
 import os
 import signal
 import socket
-import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ import torch
 
 from .._remote_errors import capture
 from ..errors import ChannelBrokenError, ChannelClosedError
+from ..processes import lifeline
 from ..transport.codec import (
     TARGET_ALL,
     EncodedMessage,
@@ -54,7 +55,6 @@ RANK_MODULE = __name__
 FATAL_EXIT_CODE = 70
 """Exit code of a rank that ended through ``tt.fatal`` or a sticky CUDA error."""
 
-_PR_SET_PDEATHSIG = 1
 _PARK_SLICE_S = 1.0
 _STORE_TIMEOUT_S = 300.0
 _STORE_BACKLOG = 4096
@@ -89,23 +89,6 @@ class RankBoot:
     supervisor_pid: int
     signal_supervisor: bool
     env: dict[str, str] = field(default_factory=dict)
-
-
-def _set_parent_death_signal() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the death pipe still ends the rank
-
-
-def _watch_death_pipe(connection: Connection) -> None:
-    def watch() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            connection.recv_bytes()
-        os._exit(FATAL_EXIT_CODE)  # the caller is gone: nobody will ever read our replies
-
-    threading.Thread(target=watch, name="torchtroupe-death-pipe", daemon=True).start()
 
 
 def _is_sticky_cuda_error(text: str) -> bool:
@@ -378,9 +361,9 @@ def _join_process_group(boot: RankBoot) -> None:
 
 def rank_main(boot: RankBoot, death_pipe: Connection, fd_socket: socket.socket) -> None:
     """Entry point of a rank's process (the target of its ``Process``)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
-    _set_parent_death_signal()
-    _watch_death_pipe(death_pipe)
+    # First, on the only thread: see Note [A rank dies with its driver] and
+    # Note [Descendants end with their rank] in processes/lifeline.py.
+    lifeline.bind(death_pipe, exit_code=FATAL_EXIT_CODE)
     os.environ.update(boot.env)
     os.environ.update(
         RANK=str(boot.rank),
