@@ -515,8 +515,11 @@ class GroupLifecycle:
             processes = [p for p in self.ranks if p is not None]
             for process in processes:
                 self.monitor.unwatch(process.sentinel)
+            interrupted_by: KeyboardInterrupt | None = None
             try:
-                stop(processes, graceful_s=timeout)
+                stop(processes, graceful_s=timeout)  # a second Ctrl-C: killed and reaped
+            except KeyboardInterrupt as error:
+                interrupted_by = error
             finally:
                 for process in processes:
                     process.fd_channel.close()
@@ -524,7 +527,8 @@ class GroupLifecycle:
         self.pump.fail_all(lambda slot: closed)
         # Under our SIGTERM handler the interrupted main thread may hold the pump and
         # cannot let go until we are done: do not wait for it (the process is ending).
-        quiesce_s = 0.0 if stopping_on_sigterm() else _QUIESCE_S
+        # Nor after a second Ctrl-C: the user asked to stop at once.
+        quiesce_s = 0.0 if stopping_on_sigterm() or interrupted_by else _QUIESCE_S
         quiet = self.pump.close(timeout=quiesce_s)
         if self._owns_monitor:
             self.monitor.close()
@@ -535,3 +539,5 @@ class GroupLifecycle:
                 self.layout.region.release()
             finally:
                 self.writer.send_lock.release()
+        if interrupted_by is not None:
+            raise interrupted_by
