@@ -48,12 +48,13 @@ import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import cloudpickle
 import torch
 from torch.multiprocessing.reductions import rebuild_storage_fd, reduce_tensor
 
 from .arena import DESCRIPTOR, PlacedBlock, TensorArena
 from .arena_views import block_storage
+from .byvalue import dumps_by_value as dumps_by_value
+from .byvalue import needs_value_pickling
 from .layout import PRELUDE
 
 # The prelude's target for a broadcast; callers address messages from here.
@@ -138,35 +139,6 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad: bool) -> torch.nn.Para
     return torch.nn.Parameter(data, requires_grad=requires_grad)
 
 
-class _FilenameKeepingPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that code objects keep their real ``co_filename``.
-
-    cloudpickle writes ``<dynamic-code>`` instead, for deterministic payloads; we
-    want a rank's traceback to point at the file the user wrote the code in.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.CodeType):
-            rebuild, arguments = cloudpickle.cloudpickle._code_reduce(obj)
-            fixed = tuple(obj.co_filename if a == "<dynamic-code>" else a for a in arguments)
-            return rebuild, fixed
-        return super().reducer_override(obj)
-
-
-def dumps_by_value(obj: Any) -> bytes:
-    """Pickles ``obj`` with cloudpickle (functions and classes by value where needed),
-    keeping source file names for tracebacks."""
-    buffer = io.BytesIO()
-    _FilenameKeepingPickler(buffer, protocol=_PROTOCOL).dump(obj)
-    return buffer.getvalue()
-
-
-def _needs_value_pickling(obj: types.FunctionType | type) -> bool:
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", "")
-    return module in (None, "__main__") or "<locals>" in qualname or "<lambda>" in qualname
-
-
 class _Pickler(pickle.Pickler):
     """A pickler that sends tensor storages out of band (Note [Tensors in the codec])."""
 
@@ -190,7 +162,7 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             return self._reduce_tensor(obj)
-        if isinstance(obj, (types.FunctionType, type)) and _needs_value_pickling(obj):
+        if isinstance(obj, (types.FunctionType, type)) and needs_value_pickling(obj):
             return (pickle.loads, (dumps_by_value(obj),))
         return NotImplemented
 
@@ -526,7 +498,7 @@ def _decode_body(
         payload: memoryview | bytearray = first[table_end : table_end + pickle_len]
         position = table_end + pickle_len
         for length in lengths:
-            if length & _IN_ARENA:
+            if length & _IN_ARENA:  # the span is a block of the sender's arena
                 descriptor = DESCRIPTOR.unpack_from(first, position)
                 storages.append(block_storage(descriptor, length ^ _IN_ARENA, fds, reader))
                 position += DESCRIPTOR.size
@@ -548,8 +520,9 @@ def _decode_body(
             if length & _IN_ARENA:
                 raw = bytearray(DESCRIPTOR.size)
                 message.readinto(memoryview(raw))
-                descriptor = DESCRIPTOR.unpack(raw)
-                storages.append(block_storage(descriptor, length ^ _IN_ARENA, fds, reader))
+                storages.append(
+                    block_storage(DESCRIPTOR.unpack(raw), length ^ _IN_ARENA, fds, reader)
+                )
                 continue
             tensor = torch.empty(length, dtype=torch.uint8)
             message.readinto(raw_bytes(tensor.data_ptr(), length))
