@@ -49,12 +49,20 @@ class Settings:
         native: Whether to use the compiled ring core when it is built
             (``TORCHTROUPE_NATIVE``, ``1`` by default; ``0`` selects the pure-Python
             core, for debugging or comparison).
+        arena_bytes: The most shared memory each sender's tensor arena may grow to
+            (``TORCHTROUPE_ARENA_BYTES``, 1 GiB by default; 0 turns arenas off, so
+            every tensor travels through the ring). Note [The tensor arena] in
+            ``transport/arena.py``.
+        arena_min_bytes: The smallest span of a CPU tensor that goes through the
+            arena (``TORCHTROUPE_ARENA_MIN_BYTES``, 64 KiB by default).
     """
 
     spin_us: float | None
     park_slice_s: float
     ring_bytes: int
     native: bool
+    arena_bytes: int
+    arena_min_bytes: int
 
 
 def load_settings() -> Settings:
@@ -69,6 +77,8 @@ def load_settings() -> Settings:
         park_slice_s=_float_from_env("TORCHTROUPE_PARK_SLICE_S", 0.05),
         ring_bytes=ring_bytes,
         native=_flag_from_env("TORCHTROUPE_NATIVE", default=True),
+        arena_bytes=int(_float_from_env("TORCHTROUPE_ARENA_BYTES", float(1 << 30))),
+        arena_min_bytes=int(_float_from_env("TORCHTROUPE_ARENA_MIN_BYTES", float(64 << 10))),
     )
 
 

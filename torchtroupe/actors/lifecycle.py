@@ -43,6 +43,7 @@ from ..processes.events import EventLog, SupervisionEvent
 from ..processes.launch import RankProcess, stop
 from ..processes.monitor import Monitor
 from ..processes.signals import stopping_on_sigterm
+from ..transport.arena_views import forget_arenas_of
 from ..transport.fdpass import FdChannel
 from ..transport.mailbox import CallerEnd, MailboxLayout
 from ..transport.ring import BROKEN
@@ -158,6 +159,7 @@ class GroupLifecycle:
             for rank in ranks:
                 self.raise_if_closed()
                 self.layout.reset_rank(rank, self.end.requests.ring)
+                self.writer.arena.forget_reader(rank)  # its next incarnation maps anew
                 self.pump.open_rank(rank)
                 slot = CallSlot(next(self.writer.sequence), rank, "__init__")
                 self.pump.register(slot)
@@ -364,6 +366,10 @@ class GroupLifecycle:
         with self._stopping:  # shutdown() may be reaping it right now
             stop([process], graceful_s=0.0)
             process.fd_channel.close()  # after the drain: its last replies may carry fds
+            # What it held of the request arena is free; the registry lets go of its
+            # reply arena (the caller's tensors on it stay valid).
+            self.writer.arena.forget_reader(rank)
+            forget_arenas_of(process.pid)
             with self._changed:
                 self._claimed.discard(process.pid)
                 if self.ranks[rank] is process:
@@ -523,6 +529,7 @@ class GroupLifecycle:
             finally:
                 for process in processes:
                     process.fd_channel.close()
+                    forget_arenas_of(process.pid)
                 self.ranks = [None] * self.world_size
         self.pump.fail_all(lambda slot: closed)
         # Under our SIGTERM handler the interrupted main thread may hold the pump and
@@ -539,5 +546,7 @@ class GroupLifecycle:
                 self.layout.region.release()
             finally:
                 self.writer.send_lock.release()
+        # Safe with a sender still copying into it: that sender holds the segment.
+        self.writer.arena.close()
         if interrupted_by is not None:
             raise interrupted_by

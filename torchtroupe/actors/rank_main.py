@@ -31,8 +31,10 @@ import cloudpickle
 import torch
 
 from .._remote_errors import capture
+from .._settings import SETTINGS
 from ..errors import ChannelBrokenError, ChannelClosedError
 from ..processes import lifeline
+from ..transport.arena import TensorArena
 from ..transport.codec import (
     TARGET_ALL,
     EncodedMessage,
@@ -115,7 +117,12 @@ class RankRuntime:
         strategy = WaitStrategy(spin_s=spin_window_s(boot.world_size), park_slice_s=_PARK_SLICE_S)
         self.end = RankEnd(boot.layout, boot.rank, strategy)
         self.fds = fds
-        self.encoder = Encoder(share_fds=True)
+        # Large tensors of replies go through this rank's arena (Note [The tensor arena]).
+        self.encoder = Encoder(
+            share_fds=True,
+            arena=TensorArena(1, SETTINGS.arena_bytes),
+            arena_min_bytes=SETTINGS.arena_min_bytes,
+        )
         self.actor: Any = None
         # See Note [A rank keeps its last request].
         self._last_request: Any = None
@@ -246,7 +253,7 @@ class RankRuntime:
                 message.finish()
                 return True
             try:
-                request = decode(message, self._claim_fds)
+                request = decode(message, self._claim_fds, reader=rank)
             except MessageAbortedError:
                 return True
             except Exception as error:

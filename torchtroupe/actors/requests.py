@@ -17,12 +17,14 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from .._settings import SETTINGS
 from ..errors import (
     ActorDiedError,
     CallTimeoutError,
     ChannelBrokenError,
     ChannelClosedError,
 )
+from ..transport.arena import TensorArena
 from ..transport.codec import TARGET_ALL, EncodedMessage, Encoder, send_encoded
 from ..transport.fdpass import FdChannel
 from ..transport.stream import MessageWriter
@@ -70,7 +72,11 @@ class RequestWriter:
         self.pump = pump
         self.gate = gate
         self.send_lock = threading.Lock()
-        self.encoder = Encoder(share_fds=True)
+        # Large tensors of requests go through the group's arena (Note [The tensor arena]).
+        self.arena = TensorArena(gate.world_size, SETTINGS.arena_bytes)
+        self.encoder = Encoder(
+            share_fds=True, arena=self.arena, arena_min_bytes=SETTINGS.arena_min_bytes
+        )
         self.sequence = itertools.count(1)
 
     def submit(
@@ -133,21 +139,28 @@ class RequestWriter:
     ) -> None:
         """Encodes and writes ``outgoing``; call with the send lock held."""
         encoder = self.encoder
+        encoded: list[tuple[Outgoing, bytes | EncodedMessage]] = []
+        sent = 0
         try:
             # Encode everything first: a value that cannot be sent fails the whole call
             # before any rank receives anything.
-            encoded = [
-                (request, encoder.encode_compact((seq, *request[1:]), request[0], seq))
-                for request in outgoing
-            ]
+            for request in outgoing:
+                encoded.append(
+                    (request, encoder.encode_compact((seq, *request[1:]), request[0], seq))
+                )
             for request, message in encoded:
                 target = request[0]
                 if target != TARGET_ALL and slots[ranks.index(target)].done:
+                    sent += 1
+                    encoder.cancel(message)
                     continue  # that rank is dead: its slot already failed
                 if isinstance(message, EncodedMessage) and message.fds:
                     self._send_fds(target, seq, message.fds, deadline)
                 send_encoded(self.requests, message, target, seq, deadline=deadline, wake=target)
+                sent += 1
         except BaseException as error:
+            for _, message in encoded[sent:]:
+                encoder.cancel(message)  # never published: its blocks go back
             self.pump.forget(slots)
             if isinstance(error, (ChannelBrokenError, ChannelClosedError)) and self.gate.closed:
                 self.gate.raise_if_closed()
@@ -196,9 +209,18 @@ class RequestWriter:
                 slot.position = self.requests.ring.cursor
                 if isinstance(message, EncodedMessage) and message.fds:
                     self._send_fds(slot.rank, slot.seq, message.fds, deadline)
-                send_encoded(
-                    self.requests, message, slot.rank, slot.seq, deadline=deadline, wake=slot.rank
-                )
+                try:
+                    send_encoded(
+                        self.requests,
+                        message,
+                        slot.rank,
+                        slot.seq,
+                        deadline=deadline,
+                        wake=slot.rank,
+                    )
+                except BaseException:
+                    self.encoder.cancel(message)
+                    raise
             except Exception:
                 failed.append(slot)
         return failed

@@ -29,6 +29,10 @@ re-exported by CUDA IPC, so it is cloned once on its device and the clone sent.
 A CPU tensor whose storage is already in shared memory is not copied at all when
 the encoder may pass fds: its storage's fd travels beside the message, and the
 receiver maps the same memory (through torch's inode-keyed mapping cache).
+A span of at least ``TORCHTROUPE_ARENA_MIN_BYTES`` goes instead into the sender's
+tensor arena when the encoder has one (Note [The tensor arena], ``arena.py``): its
+size-table entry has bit 63 set, and where its bytes would be the message holds the
+block's descriptor; the receiver's storage is the block itself (``arena_views.py``).
 Functions and classes that cannot be imported by name in the receiver (defined in
 ``__main__``, in a notebook, or locally) are pickled by value with cloudpickle.
 """
@@ -44,10 +48,13 @@ import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import cloudpickle
 import torch
 from torch.multiprocessing.reductions import rebuild_storage_fd, reduce_tensor
 
+from .arena import DESCRIPTOR, PlacedBlock, TensorArena
+from .arena_views import block_storage
+from .byvalue import dumps_by_value as dumps_by_value
+from .byvalue import needs_value_pickling
 from .layout import PRELUDE
 
 # The prelude's target for a broadcast; callers address messages from here.
@@ -65,6 +72,7 @@ else:
 
 _BASE_ALIGNMENT = 64
 _PROTOCOL = 5
+_IN_ARENA = 1 << 63  # a size-table entry's flag: the span is in the sender's arena
 
 
 class _DecodeContext(threading.local):
@@ -131,35 +139,6 @@ def _rebuild_parameter(data: torch.Tensor, requires_grad: bool) -> torch.nn.Para
     return torch.nn.Parameter(data, requires_grad=requires_grad)
 
 
-class _FilenameKeepingPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that code objects keep their real ``co_filename``.
-
-    cloudpickle writes ``<dynamic-code>`` instead, for deterministic payloads; we
-    want a rank's traceback to point at the file the user wrote the code in.
-    """
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.CodeType):
-            rebuild, arguments = cloudpickle.cloudpickle._code_reduce(obj)
-            fixed = tuple(obj.co_filename if a == "<dynamic-code>" else a for a in arguments)
-            return rebuild, fixed
-        return super().reducer_override(obj)
-
-
-def dumps_by_value(obj: Any) -> bytes:
-    """Pickles ``obj`` with cloudpickle (functions and classes by value where needed),
-    keeping source file names for tracebacks."""
-    buffer = io.BytesIO()
-    _FilenameKeepingPickler(buffer, protocol=_PROTOCOL).dump(obj)
-    return buffer.getvalue()
-
-
-def _needs_value_pickling(obj: types.FunctionType | type) -> bool:
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", "")
-    return module in (None, "__main__") or "<locals>" in qualname or "<lambda>" in qualname
-
-
 class _Pickler(pickle.Pickler):
     """A pickler that sends tensor storages out of band (Note [Tensors in the codec])."""
 
@@ -183,7 +162,7 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             return self._reduce_tensor(obj)
-        if isinstance(obj, (types.FunctionType, type)) and _needs_value_pickling(obj):
+        if isinstance(obj, (types.FunctionType, type)) and needs_value_pickling(obj):
             return (pickle.loads, (dumps_by_value(obj),))
         return NotImplemented
 
@@ -295,12 +274,15 @@ class EncodedMessage(NamedTuple):
         fds: Shared-memory fds to pass beside it (``fdpass.py``) before writing it.
         keepalive: Temporaries whose memory the chunks reference; hold the message
             until it is written.
+        blocks: Arena blocks the message hands to its readers; give them back with
+            :meth:`Encoder.cancel` if it is never published.
     """
 
     chunks: list[memoryview | bytes]
     nbytes: int
     fds: Sequence[int]
     keepalive: Sequence[torch.Tensor]
+    blocks: Sequence[PlacedBlock] = ()
 
 
 def _without_tensors(pickle_bytes: bytes, target: int, tag: int) -> EncodedMessage:
@@ -316,11 +298,21 @@ class Encoder:
         share_fds: Whether the destination can receive fds beside messages
             (``fdpass.py``). If so, tensors already in shared memory travel as fds,
             listed in :attr:`EncodedMessage.fds`; if not, they are copied.
+        arena: This sender's tensor arena (it needs ``share_fds``), or None.
+        arena_min_bytes: The smallest span that goes into the arena.
     """
 
-    def __init__(self, *, share_fds: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        share_fds: bool = False,
+        arena: TensorArena | None = None,
+        arena_min_bytes: int = 1 << 16,
+    ) -> None:
         self._buffer = io.BytesIO()
         self._pickler = _Pickler(self._buffer, share_fds)
+        self.arena = arena if share_fds else None
+        self.arena_min_bytes = arena_min_bytes
 
     def encode(self, obj: Any, target: int = TARGET_ALL, tag: int = 0) -> EncodedMessage:
         """Pickles ``obj`` into a message addressed to ``target`` and tagged ``tag``.
@@ -365,18 +357,39 @@ class Encoder:
             return payload  # the common case: no tensors
         spans, fds, keepalive = pickler.spans, pickler.fds, pickler.keepalive
         pickler.reset()
-        storages: list[memoryview] = []
+        storages: list[memoryview | bytes] = []
         table: list[int] = []
+        blocks: list[PlacedBlock] = []
+        arena = self.arena
         for address, first, end in spans:
             base = first & ~(_BASE_ALIGNMENT - 1)  # keeps every dtype's alignment
-            storages.append(raw_bytes(address + base, end - base))
-            table += (end - base, base)
+            nbytes = end - base
+            block = None
+            if arena is not None and nbytes >= self.arena_min_bytes:
+                readers = range(arena.n_readers) if target == TARGET_ALL else (target,)
+                block = arena.place(address + base, nbytes, readers)
+            if block is None:
+                storages.append(raw_bytes(address + base, nbytes))
+                table += (nbytes, base)
+                continue
+            blocks.append(block)
+            descriptor = block.descriptor
+            if block.fd is not None:
+                descriptor = (*descriptor[:-1], len(fds))
+                fds.append(block.fd)
+            storages.append(DESCRIPTOR.pack(*descriptor))
+            table += (nbytes | _IN_ARENA, base)
         prelude = PRELUDE.pack(target, tag, len(storages), len(fds), len(payload))
         if table:
             prelude += struct.pack(f"<{len(table)}Q", *table)
         chunks: list[memoryview | bytes] = [prelude, payload, *storages]
         nbytes = len(prelude) + len(payload) + sum(len(storage) for storage in storages)
-        return EncodedMessage(chunks, nbytes, fds, keepalive)
+        return EncodedMessage(chunks, nbytes, fds, keepalive, blocks)
+
+    def cancel(self, message: bytes | EncodedMessage) -> None:
+        """Gives back the arena blocks of a message that was never published."""
+        if self.arena is not None and isinstance(message, EncodedMessage) and message.blocks:
+            self.arena.cancel(message.blocks)
 
     def send(
         self,
@@ -436,12 +449,14 @@ FdSource = Callable[[int, int], list[int]]
 """``(tag, count) -> fds``: claims the fds passed beside the message tagged ``tag``."""
 
 
-def decode(message: IncomingMessage, fds: FdSource | None = None) -> Any:
+def decode(message: IncomingMessage, fds: FdSource | None = None, reader: int = 0) -> Any:
     """Reads a whole message, rebuilds the object, and releases the message.
 
     Args:
         message: The message, as received.
         fds: Where the fds passed beside it come from, if the sender may pass any.
+        reader: This process's reader index in the sender's arena (its rank, for a
+            request; 0 for a reply).
 
     Raises:
         MessageAbortedError: The writer abandoned the message.
@@ -449,12 +464,12 @@ def decode(message: IncomingMessage, fds: FdSource | None = None) -> Any:
             cannot import); the message is released either way.
     """
     try:
-        return _decode(message, fds)
+        return _decode(message, fds, reader)
     finally:
         message.finish()
 
 
-def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
+def _decode(message: IncomingMessage, fd_source: FdSource | None, reader: int) -> Any:
     first = message.first
     _, tag, n_storages, n_fds, pickle_len = PRELUDE.unpack_from(first)
     if not n_storages and not n_fds and message.complete:  # the common case: no tensors
@@ -465,13 +480,15 @@ def _decode(message: IncomingMessage, fd_source: FdSource | None) -> Any:
             raise ValueError("this message carries fds, but no fd channel was given")
         received = fd_source(tag, n_fds)
     try:
-        return _decode_body(message, n_storages, pickle_len, received)
+        return _decode_body(message, n_storages, pickle_len, received, reader)
     finally:
         for fd in received:
             os.close(fd)
 
 
-def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds: list[int]) -> Any:
+def _decode_body(
+    message: IncomingMessage, n_storages: int, pickle_len: int, fds: list[int], reader: int
+) -> Any:
     first = message.first
     table_end = PRELUDE.size + 16 * n_storages
     storages: list[torch.UntypedStorage] = []
@@ -481,6 +498,11 @@ def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds
         payload: memoryview | bytearray = first[table_end : table_end + pickle_len]
         position = table_end + pickle_len
         for length in lengths:
+            if length & _IN_ARENA:  # the span is a block of the sender's arena
+                descriptor = DESCRIPTOR.unpack_from(first, position)
+                storages.append(block_storage(descriptor, length ^ _IN_ARENA, fds, reader))
+                position += DESCRIPTOR.size
+                continue
             tensor = torch.empty(length, dtype=torch.uint8)
             raw_bytes(tensor.data_ptr(), length)[:] = first[position : position + length]
             position += length
@@ -495,6 +517,13 @@ def _decode_body(message: IncomingMessage, n_storages: int, pickle_len: int, fds
         payload = bytearray(pickle_len)
         message.readinto(memoryview(payload))
         for length in lengths:
+            if length & _IN_ARENA:
+                raw = bytearray(DESCRIPTOR.size)
+                message.readinto(memoryview(raw))
+                storages.append(
+                    block_storage(DESCRIPTOR.unpack(raw), length ^ _IN_ARENA, fds, reader)
+                )
+                continue
             tensor = torch.empty(length, dtype=torch.uint8)
             message.readinto(raw_bytes(tensor.data_ptr(), length))
             storages.append(tensor.untyped_storage())
