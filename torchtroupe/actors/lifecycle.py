@@ -39,6 +39,7 @@ from ..errors import (
     SupervisionError,
     describe_exit,
 )
+from ..processes.background import BackgroundThreads
 from ..processes.events import EventLog, SupervisionEvent
 from ..processes.launch import RankProcess, stop
 from ..processes.monitor import Monitor
@@ -117,7 +118,7 @@ class GroupLifecycle:
         self._fatal_reasons: dict[int, str] = {}
         self._claimed: set[int] = set()  # pids whose end is being handled (once each)
         self._changed = threading.Condition()
-        self._threads: list[threading.Thread] = []
+        self._background = BackgroundThreads(f"torchtroupe-restart-{self.name}")
         self._stopping = threading.RLock()  # one thread stops processes at a time
         self.closing = threading.Event()
         self.closed = False
@@ -366,8 +367,7 @@ class GroupLifecycle:
         with self._stopping:  # shutdown() may be reaping it right now
             stop([process], graceful_s=0.0)
             process.fd_channel.close()  # after the drain: its last replies may carry fds
-            # What it held of the request arena is free; the registry lets go of its
-            # reply arena (the caller's tensors on it stay valid).
+            # Its request-arena blocks are free; its reply arena is let go (tensors stay).
             self.writer.arena.forget_reader(rank)
             forget_arenas_of(process.pid)
             with self._changed:
@@ -416,20 +416,8 @@ class GroupLifecycle:
         self.stop_ranks(range(self.world_size), reason="the group gave up", graceful_s=0.0)
 
     def in_background(self, function: Callable[..., None], *args: object) -> None:
-        """Runs ``function(*args)`` on a thread that shutdown() joins.
-
-        Under the state lock, so a thread is either started and listed before
-        shutdown() looks, or not started at all.
-        """
-        with self._changed:
-            if self.closed:
-                return
-            thread = threading.Thread(
-                target=function, args=args, name=f"torchtroupe-restart-{self.name}", daemon=True
-            )
-            self._threads = [t for t in self._threads if t.is_alive()]
-            thread.start()
-            self._threads.append(thread)
+        """Runs ``function(*args)`` on a restart thread that shutdown() joins."""
+        self._background.start(function, *args)
 
     # -- stopping -------------------------------------------------------------------
 
@@ -498,16 +486,13 @@ class GroupLifecycle:
             self.closed = True
             self.closing.set()
             self._changed.notify_all()
+        self._background.close()
         in_flight = self.pump.pending_of(range(self.world_size))
         closed = shut_down(self.name)
         # Waiting calls fail now; a restart in progress sees its ranks' start fail and
         # stops what it started, so joining it below does not wait for an __init__.
         self.pump.fail_all(lambda slot: closed)
-        with self._changed:
-            threads = list(self._threads)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        self._background.join()
         with self._stopping:
             live = [r for r in range(self.world_size) if self.ranks[r] is not None]
             if interrupted and live and timeout > 0:

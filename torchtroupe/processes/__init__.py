@@ -3,6 +3,7 @@
 Nothing here knows what a rank runs: that is the actors floor's business.
 """
 
+from .background import BackgroundThreads as BackgroundThreads
 from .events import EventCallback as EventCallback
 from .events import EventLog as EventLog
 from .events import SupervisionEvent as SupervisionEvent
@@ -13,6 +14,7 @@ from .launch import stop as stop
 from .monitor import Monitor as Monitor
 
 __all__ = [
+    "BackgroundThreads",
     "EventCallback",
     "EventLog",
     "Monitor",

@@ -23,7 +23,7 @@ The rules, as in OTP:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..actors.actor import fatal_hook
 from ..actors.group import ActorGroup
 from ..actors.lifecycle import GroupLifecycle
 from ..errors import ActorDiedError, ActorInitError, SupervisionError
+from ..processes.background import BackgroundThreads
 from ..processes.events import EventCallback, EventLog, SupervisionEvent
 from ..processes.monitor import Monitor
 from ..processes.signals import register as register_with_signals
@@ -145,7 +146,7 @@ class Supervisor:
         self._lock = threading.RLock()  # decisions only: never held while acting
         self._acting = threading.RLock()  # one restart or give-up at a time
         self._intensity = RestartIntensity(spec.max_restarts, spec.within_s)
-        self._threads: list[threading.Thread] = []
+        self._threads = BackgroundThreads(f"torchtroupe-supervisor-{spec.name}")
         self._closed = False
         self.gave_up: SupervisionError | None = None
 
@@ -294,7 +295,7 @@ class Supervisor:
                 return
             if self._intensity.exceeded_by(error):
                 self._hold(self._children)  # calls wait for the verdict
-                self._background(self._give_up)
+                self._threads.start(self._give_up)
                 return
             index = self._children.index(child)
             if self._spec.strategy == "one_for_one":
@@ -304,7 +305,7 @@ class Supervisor:
             else:
                 affected = self._children[index:]
             self._hold(affected)
-            self._background(self._restart, child, affected, error)
+            self._threads.start(self._restart, child, affected, error)
 
     def _leave_down(self, child: _Child, error: BaseException, rank: int | None) -> None:
         """A child that is not restarted ends as one child: a group whose rank died
@@ -327,7 +328,7 @@ class Supervisor:
         lifecycle.stay_dead(rank)
         others = [r for r in range(lifecycle.world_size) if r != rank]
         lifecycle.hold(others)
-        self._background(self._end_group, child, lifecycle, others, error)
+        self._threads.start(self._end_group, child, lifecycle, others, error)
 
     def _end_group(
         self, child: _Child, lifecycle: GroupLifecycle, ranks: list[int], cause: BaseException
@@ -337,17 +338,6 @@ class Supervisor:
         lifecycle.stop_ranks(ranks, reason=reason, graceful_s=child.spec.shutdown_s, cause=cause)
         for rank in ranks:
             lifecycle.stay_dead(rank)
-
-    def _background(self, function: Callable[..., None], *args: Any) -> None:
-        with self._lock:  # shutdown() takes it too: a thread is listed once started
-            if self._closed:
-                return
-            thread = threading.Thread(
-                target=function, args=args, name=f"torchtroupe-supervisor-{self.name}", daemon=True
-            )
-            self._threads = [t for t in self._threads if t.is_alive()]
-            thread.start()
-            self._threads.append(thread)
 
     def _restart(self, failed: _Child, affected: list[_Child], cause: BaseException) -> None:
         """Restart thread: stops ``affected`` (reverse order) and starts them again.
@@ -426,16 +416,14 @@ class Supervisor:
             if self._closed:
                 return
             self._closed = True
-            threads = list(self._threads)
+        self._threads.close()
         # Children first: a restart thread waiting on a child's start is released by it.
         for child in reversed(self._children):
             if child.lifecycle is not None:
                 child.lifecycle.shutdown(child.spec.shutdown_s, interrupted=interrupted)
             elif child.supervisor is not None:
                 child.supervisor._stop_tree(interrupted=interrupted)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        self._threads.join()
         if self._owns_monitor:
             self._monitor.close()
 
