@@ -405,15 +405,26 @@ class GroupLifecycle:
             record: Record a ``gave_up`` event for this group (a supervisor that gives
                 up records its own).
         """
-        with self._changed:
-            if self.gave_up is not None or self.closed:
-                return
-            self.gave_up = error
-            self._changed.notify_all()
+        if not self.declare_given_up(error):
+            return
         if record:
             self.events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
-        self.pump.fail_all(lambda slot: error)
         self.stop_ranks(range(self.world_size), reason="the group gave up", graceful_s=0.0)
+
+    def declare_given_up(self, error: SupervisionError) -> bool:
+        """The quick half of :meth:`give_up`: from now on calls fail (waiting and in
+        flight with ``error``, new ones with GroupClosedError); the ranks still run.
+
+        Returns:
+            False if the group had already given up or closed.
+        """
+        with self._changed:
+            if self.gave_up is not None or self.closed:
+                return False
+            self.gave_up = error
+            self._changed.notify_all()
+        self.pump.fail_all(lambda slot: error)
+        return True
 
     def in_background(self, function: Callable[..., None], *args: object) -> None:
         """Runs ``function(*args)`` on a restart thread that shutdown() joins."""

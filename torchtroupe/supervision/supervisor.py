@@ -372,13 +372,18 @@ class Supervisor:
                 error = self._intensity.gave_up(f"supervisor {self.name!r}")
                 if self._parent is None:
                     self.gave_up = error
-            self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
             if self._parent is None:
                 # Calls waiting or in flight get the SupervisionError itself, survivors
-                # stopped by the give-up included (DESIGN.md, Errors).
-                for lifecycle in reversed(self._lifecycles()):
-                    lifecycle.give_up(error, record=False)
+                # stopped by the give-up included; once the event is seen, every call
+                # gets GroupClosedError (DESIGN.md, Errors).
+                given_up = [g for g in reversed(self._lifecycles()) if g.declare_given_up(error)]
+                self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
+                for lifecycle in given_up:
+                    lifecycle.stop_ranks(
+                        range(lifecycle.world_size), reason="its tree gave up", graceful_s=0.0
+                    )
             else:
+                self._events.record(SupervisionEvent("gave_up", self.name, detail=str(error)))
                 for child in reversed(self._children):
                     self._stop_child(child, "its supervisor gave up", error)
         if self._parent is not None:  # our locks are released: the parent takes its own
