@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from ..transport.mailbox import MailboxLayout
 from ..transport.ring import detach_reader
-from .slots import CallSlot
+from .slots import BOOT, CARRIED, CallSlot
 
 
 def requests_read(layout: MailboxLayout, rank: int) -> int:
@@ -44,7 +44,13 @@ def requests_read(layout: MailboxLayout, rank: int) -> int:
 
 def calls_to_keep(pending: list[CallSlot], read_up_to: int) -> list[CallSlot]:
     """The calls of a dead rank that stay pending (Note [Calls a dead rank never read]):
-    direct-path requests it never read, if it died idle; none otherwise."""
-    unread = [slot for slot in pending if slot.request is not None and slot.position >= read_up_to]
-    idle = len(unread) == len(pending)
-    return unread if idle else []
+    those already carried over from an earlier death (a restart that failed does not
+    lose them), and the direct-path requests it never read if it died idle. A rank's
+    start (its READY slot) does not make it busy."""
+    carried = [slot for slot in pending if slot.position == CARRIED]
+    mine = [slot for slot in pending if slot.position not in (CARRIED, BOOT)]
+    unread = [slot for slot in mine if slot.request is not None and slot.position >= read_up_to]
+    kept = carried + (unread if len(unread) == len(mine) else [])
+    for slot in kept:
+        slot.position = CARRIED  # written again to the next incarnation, not read by this one
+    return kept

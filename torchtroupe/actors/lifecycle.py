@@ -64,7 +64,7 @@ from .outcomes import (
 )
 from .pump import ReplyPump
 from .requests import RequestWriter
-from .slots import CallSlot
+from .slots import BOOT, CallSlot
 
 STARTING, READY, WAITING, DEAD = "starting", "ready", "waiting", "dead"
 _FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
@@ -156,18 +156,30 @@ class GroupLifecycle:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         slots: list[CallSlot] = []
+        launched: dict[int, RankProcess] = {}
         with self.writer.send_lock:
             for rank in ranks:
                 self.raise_if_closed()
                 self.layout.reset_rank(rank, self.end.requests.ring)
                 self.writer.arena.forget_reader(rank)  # its next incarnation maps anew
                 self.pump.open_rank(rank)
-                slot = CallSlot(next(self.writer.sequence), rank, "__init__")
+                slot = CallSlot(next(self.writer.sequence), rank, "__init__", position=BOOT)
                 self.pump.register(slot)
-                process = self.launcher.launch(rank, self.layout, slot.seq)
+                try:
+                    process = self.launcher.launch(rank, self.layout, slot.seq)
+                except Exception as error:  # no fd, no memory, the forkserver gone...
+                    self.pump.forget([slot])
+                    raise self._init_failed(
+                        list(launched), rank, "could not be launched", error
+                    ) from error
                 with self._changed:
+                    if self.closed:  # shutdown() has collected its processes already
+                        stop([process], graceful_s=0.0)
+                        process.fd_channel.close()
+                        self.raise_if_closed()
                     self.ranks[rank] = process
                     self.states[rank] = STARTING
+                launched[rank] = process
                 self.monitor.watch(process.sentinel, partial(self._on_exit, rank, process))
                 slots.append(slot)
         try:
@@ -192,10 +204,21 @@ class GroupLifecycle:
                     [slot], died_in_flight(death, slot.name) if death else shut_down(self.name)
                 )
             with self._changed:
-                for rank in ranks:
-                    self.states[rank] = READY
-                    self.deaths[rank] = None
-                self._changed.notify_all()
+                # A rank that answered READY and then died before all were ready is a
+                # failed start; checked under the state lock that _on_exit takes too.
+                lost = [r for r, p in launched.items() if self.ranks[r] is not p]
+                lost += [r for r in launched if self.states[r] != STARTING and r not in lost]
+                if not lost:
+                    for rank in ranks:
+                        self.states[rank] = READY
+                        self.deaths[rank] = None
+                    self._changed.notify_all()
+        if lost:
+            dead = launched[lost[0]]
+            why = self.deaths[lost[0]] or ActorDiedError(
+                rank=lost[0], pid=dead.pid, exitcode=dead.exitcode, group=self.name
+            )
+            raise self._init_failed(ranks, lost[0], "died while starting", why) from why
         for rank in ranks:
             started = self.ranks[rank]
             self.events.record(

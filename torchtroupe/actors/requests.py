@@ -93,6 +93,11 @@ class RequestWriter:
         """
         gate = self.gate
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CallTimeoutError(
+                    f"rank(s) {list(ranks)} of group {gate.name!r} were between incarnations "
+                    f"until the deadline"
+                )
             gate.wait_ready(ranks, deadline)
             wait_s = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not self.send_lock.acquire(timeout=wait_s):

@@ -15,6 +15,14 @@ Request = tuple[int, int, str, tuple[Any, ...], dict[str, Any]]
 """A request as written: (seq, kind, name, args, kwargs), ``messages.Request``'s fields."""
 
 
+UNSENT = -1
+"""``CallSlot.position`` of a call whose request was not written by the direct path."""
+CARRIED = -2
+"""``CallSlot.position`` of a call a dead rank never read, kept for its next incarnation."""
+BOOT = -3
+"""``CallSlot.position`` of a rank's start (its READY reply)."""
+
+
 def slot_key(seq: int, rank: int) -> int:
     """The pending-table key of rank ``rank``'s answer to request ``seq``."""
     return (seq << 20) | rank
@@ -40,7 +48,7 @@ class CallSlot:
             the rank never read can be written again to its next incarnation (Note
             [Calls a dead rank never read] in ``deaths.py``); None otherwise.
         position: Where that request starts in the request ring (the writer's cursor
-            before it was written).
+            before it was written), or :data:`UNSENT`, :data:`CARRIED`, :data:`BOOT`.
     """
 
     __slots__ = (
@@ -57,7 +65,7 @@ class CallSlot:
     )
 
     def __init__(
-        self, seq: int, rank: int, name: str, request: Request | None = None, position: int = -1
+        self, seq: int, rank: int, name: str, request: Request | None = None, position: int = UNSENT
     ) -> None:
         self.seq = seq
         self.rank = rank

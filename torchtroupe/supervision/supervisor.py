@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from ..actors.actor import fatal_hook
 from ..actors.group import ActorGroup
 from ..actors.lifecycle import GroupLifecycle
-from ..errors import ActorDiedError, ActorInitError, SupervisionError
+from ..errors import ActorDiedError, GroupClosedError, SupervisionError
 from ..processes.background import BackgroundThreads
 from ..processes.events import EventCallback, EventLog, SupervisionEvent
 from ..processes.monitor import Monitor
@@ -359,7 +359,9 @@ class Supervisor:
             self._events.record(SupervisionEvent("restarting", failed.name, detail=reason))
             try:
                 self._start_children(affected)
-            except (ActorInitError, SupervisionError) as error:
+            except GroupClosedError:
+                return  # shut down meanwhile: nothing to restart
+            except Exception as error:  # ActorInitError, SupervisionError, a failed launch
                 with self._lock:
                     self._intensity.failures.append(error)
                 self._give_up()
