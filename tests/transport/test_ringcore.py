@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import array
 import fractions
-import os
 import pickle as stdlib_pickle
 import random
 import struct
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
 
+from tests.support.twin import assert_passes_on_the_twin, assert_twin_is_selected
 from tests.timeouts import LONG_TIMEOUT, SHORT_TIMEOUT
 from tests.transport.rings import (
     WRITER_BELL,
@@ -58,7 +56,6 @@ from torchtroupe.transport.ring import detach_reader
 CAPACITY = 4096
 MAX_PAYLOAD = CAPACITY // 4 - HEADER_BYTES
 PATTERN = random.Random(0).randbytes(1 << 16)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The cores are C objects or Python objects with the same methods; the stub types
 # of one module do not describe the other, so the tests hold them as Any.
@@ -1273,44 +1270,9 @@ def test_a_parked_writer_is_woken_when_the_slow_reader_consumes_or_detaches(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_transport_suite_passes_on_the_pure_python_core() -> None:
-    env = {**os.environ, "TORCHTROUPE_NATIVE": "0"}
-    selected = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from torchtroupe.transport.core import IMPLEMENTATION; print(IMPLEMENTATION)",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LONG_TIMEOUT,
-        check=False,
-    )
-    assert selected.stdout.strip() == "python", selected.stderr
-
-    suite = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "tests/transport",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-x",
-            "-m",
-            "not slow",  # this test, and the other slow ones that run whole suites
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert suite.returncode == 0, suite.stdout[-8000:] + suite.stderr[-4000:]
-    assert " passed" in suite.stdout
+    assert_twin_is_selected()
+    # -m "not slow": not this test, nor the other slow ones that run whole suites.
+    assert_passes_on_the_twin(["tests/transport"], 280, "-x", "-m", "not slow")
 
 
 def test_other_threads_run_while_a_long_spin_waits(make_one_core_ring: MakeRing) -> None:

@@ -9,16 +9,11 @@ transport suite. Slow: the suites run again in a subprocess, with
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.support.twin import REPO_ROOT, assert_passes_on_the_twin, assert_twin_is_selected
 from tests.timeouts import LONG_TIMEOUT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # tests/scenarios holds whole-program tests of actor groups where it exists.
 SUITES = ("tests/actors", "tests/scenarios")
 SUITE_TIMEOUT = 540.0
@@ -27,32 +22,7 @@ SUITE_TIMEOUT = 540.0
 @pytest.mark.slow
 @pytest.mark.timeout(SUITE_TIMEOUT + 2 * LONG_TIMEOUT)
 def test_the_actors_suite_passes_on_the_pure_python_core() -> None:
-    env = {**os.environ, "TORCHTROUPE_NATIVE": "0"}
-    selected = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from torchtroupe.transport.core import IMPLEMENTATION; print(IMPLEMENTATION)",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LONG_TIMEOUT,
-        check=False,
-    )
-    assert selected.stdout.strip() == "python", selected.stderr
-
+    assert_twin_is_selected()
     suites = [suite for suite in SUITES if (REPO_ROOT / suite).is_dir()]
     assert "tests/actors" in suites
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
-    assert " passed" in run.stdout
+    assert_passes_on_the_twin(suites, SUITE_TIMEOUT)
