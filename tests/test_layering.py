@@ -5,6 +5,7 @@ root; no floor imports one above it, not inside a function, not under TYPE_CHECK
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,58 @@ def test_no_module_is_much_over_five_hundred_lines() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert big == {}
+
+
+# -- Notes ---------------------------------------------------------------------------------
+
+_SOURCES = ("*.py", "*.c", "*.h", "*.pyi")
+_NOTE_HEADING = re.compile(r"^\s*(?:#\s*)?(Note \[([^\]]+)\])\s*$")
+_NOTE_REFERENCE = re.compile(r"Note \[([^\]]+)\]")
+
+
+def _source_files() -> list[Path]:
+    return sorted(path for pattern in _SOURCES for path in PACKAGE.rglob(pattern))
+
+
+def note_headings(paths: list[Path]) -> tuple[dict[str, str], list[str]]:
+    """Every Note defined in ``paths`` (title -> place), and the headings not in the
+    one shape: ``Note [Title]`` alone on its line, underlined by as many dashes."""
+    defined: dict[str, str] = {}
+    misshapen: list[str] = []
+    for path in paths:
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            match = _NOTE_HEADING.match(line)
+            if match is None:
+                continue
+            heading, title = match.groups()
+            underline = (
+                lines[number + 1].strip().lstrip("#").strip() if number + 1 < len(lines) else ""
+            )
+            if underline != "-" * len(heading):
+                misshapen.append(f"{path.name}:{number + 1} {heading}")
+            defined[title] = f"{path.name}:{number + 1}"
+    return defined, misshapen
+
+
+def test_every_note_has_the_one_shape_and_every_reference_names_a_note() -> None:
+    paths = _source_files()
+    defined, misshapen = note_headings(paths)
+    assert misshapen == []
+    docs = sorted((PACKAGE.parent / "docs").rglob("*.md"))
+    dangling = set()
+    for path in [*paths, *docs]:
+        # References may wrap across lines, comment markers included.
+        text = re.sub(r"\s*\n\s*(?:#|\*|//)?\s*", " ", path.read_text())
+        dangling |= {
+            f"{path.name}: {title}"
+            for title in _NOTE_REFERENCE.findall(text)
+            if title not in defined and title != "..."  # "Note [...]": the form itself
+        }
+    assert sorted(dangling) == []
+
+
+def test_the_note_check_finds_a_misshapen_heading(tmp_path: Path) -> None:
+    source = tmp_path / "module.py"
+    source.write_text('"""\nNote [A rule]\n~~~~~~~~~~~~~\nWhy.\n"""\n')
+    assert note_headings([source]) == ({"A rule": "module.py:2"}, ["module.py:2 Note [A rule]"])

@@ -4,7 +4,7 @@ caller's own thread, with no slot, no pending table and no condition.
 Runs in the caller's threads.
 
 Note [The direct path]
-~~~~~~~~~~~~~~~~~~~~~~
+----------------------
 A call to one rank (or a broadcast to all), when no other call of the group is
 outstanding, needs none of the pump's bookkeeping. The caller takes the pump first
 (``ReplyPump.try_exclusive``), writes its request without blocking (the write
@@ -21,6 +21,24 @@ dispatched as the pump would.
 The request is written without ever blocking (ring full, a non-plain argument, a
 rank not READY, a closed group: general path), because the pump's holder must not
 wait on a rank that may itself wait for the pump to drain its reply ring.
+
+Note [The hot path's deliberate twins]
+--------------------------------------
+A few things are written twice on purpose, because one Python call more per call
+shows in the no-op call's 2-5 µs. Each twin must say the same thing as its original;
+change them together:
+
+* ``ActorRef.call`` writes ``ActorGroup._call_one`` out flat (the timeout check,
+  the arity check, the direct path, then the general path).
+* ``RankRuntime.serve`` runs a one-record call inline, as ``RankRuntime.handle``
+  runs any request, and answers it with ``reply``.
+* This module's two halves against the general path (``RequestWriter.submit``,
+  ``ReplyPump.wait``): the direct path only ever hands over to the general one, so a
+  call never sees two different answers to the same event.
+* The C ring core (``_ringcore.c``, ``_plainpickle.c``) against its Python twin
+  (``_ringcore_py.py``): one suite runs over both, and
+  ``tests/transport/test_ringcore_parity.py`` checks they expose the same names and
+  numbers (Note [One home for the ring's numbers] in ``transport/layout.py``).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ from ..processes.events import SupervisionEvent
 from ..transport.codec import TARGET_ALL
 from .actor import check_call, endpoint_parameters, positional_ranges
 from .call_options import DEFAULT, GroupOptionsView, RefOptionsView, Unset, check_timeout
-from .lifecycle import DEAD, GroupLifecycle
+from .lifecycle import GroupLifecycle
 from .messages import CALL, RUN
 from .outcomes import gather, timeout_error
+from .rank_states import DEAD
 from .slots import CallSlot
 
 

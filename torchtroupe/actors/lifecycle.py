@@ -56,17 +56,16 @@ from .launcher import RankLauncher
 from .messages import Reply
 from .options import GroupOptions
 from .outcomes import (
-    closed_after_give_up,
     died_in_flight,
     shut_down,
     stopped_because,
     stopping_message,
 )
 from .pump import ReplyPump
+from .rank_states import DEAD, READY, STARTING, WAITING, RankStates
 from .requests import RequestWriter
 from .slots import BOOT, CallSlot
 
-STARTING, READY, WAITING, DEAD = "starting", "ready", "waiting", "dead"
 _FD_TIMEOUT_S = 30.0  # fds are sent before their message is published: never long
 _RESTART_TERM_S = 1.0
 _QUIESCE_S = 5.0  # how long shutdown waits for a thread still inside the rings
@@ -74,7 +73,7 @@ _SHUTDOWN_TERM_S = 5.0
 _group_numbers = itertools.count()
 
 
-class GroupLifecycle:
+class GroupLifecycle(RankStates):
     """Processes, mailbox and rank states of one group.
 
     Args:
@@ -98,10 +97,11 @@ class GroupLifecycle:
         events: EventLog | None = None,
         supervisor_pid: int | None = None,
     ) -> None:
+        super().__init__(
+            options.name or f"{actor_class.__name__}-{next(_group_numbers)}", options.world_size
+        )
         self.actor_class = actor_class
         self.options = options
-        self.world_size = options.world_size
-        self.name = options.name or f"{actor_class.__name__}-{next(_group_numbers)}"
         self.events = events or EventLog()
         self.authority: RestartAuthority | None = None
         self.launcher = RankLauncher(
@@ -113,16 +113,11 @@ class GroupLifecycle:
         self.writer = RequestWriter(self.end.requests, self.pump, self)
         self.direct = DirectPath(self.pump, self.writer, self)
         self.ranks: list[RankProcess | None] = [None] * self.world_size
-        self.states = [STARTING] * self.world_size
-        self.deaths: list[ActorDiedError | None] = [None] * self.world_size
         self._fatal_reasons: dict[int, str] = {}
         self._claimed: set[int] = set()  # pids whose end is being handled (once each)
-        self._changed = threading.Condition()
         self._background = BackgroundThreads(f"torchtroupe-restart-{self.name}")
         self._stopping = threading.RLock()  # one thread stops processes at a time
         self.closing = threading.Event()
-        self.closed = False
-        self.gave_up: SupervisionError | None = None
         self._owns_monitor = monitor is None
         self.monitor = monitor or Monitor(f"torchtroupe-monitor-{self.name}", self.drain_now)
 
@@ -254,57 +249,6 @@ class GroupLifecycle:
             actor_name=self.actor_class.__qualname__,
         )
 
-    # -- what callers wait for --------------------------------------------------------
-
-    def wait_ready(self, ranks: Sequence[int], deadline: float | None) -> None:
-        """Returns once every rank in ``ranks`` is READY or DEAD for good.
-
-        Raises:
-            GroupClosedError: The group was shut down, or had given up before the call.
-            SupervisionError: The group gave up while this call waited.
-            CallTimeoutError: A restart did not finish before the deadline.
-        """
-        states = self.states
-        if not self.closed and self.gave_up is None:
-            for rank in ranks:
-                if states[rank] != READY:
-                    break
-            else:
-                return
-        self.raise_if_closed()
-        with self._changed:
-            while True:
-                if self.gave_up is not None:
-                    raise self.gave_up
-                if self.closed:
-                    raise shut_down(self.name)
-                if all(states[r] in (READY, DEAD) for r in ranks):
-                    return
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    waiting = [r for r in ranks if states[r] not in (READY, DEAD)]
-                    raise CallTimeoutError(
-                        f"rank(s) {waiting} of group {self.name!r} were restarting "
-                        f"past the deadline"
-                    )
-                self._changed.wait(remaining)
-
-    def wait_changed(self, timeout: float) -> None:
-        """Waits up to ``timeout`` for any rank to change state."""
-        with self._changed:
-            self._changed.wait(timeout)
-
-    def death_of(self, rank: int) -> ActorDiedError | None:
-        """The death of ``rank`` if it stays dead, else None."""
-        return self.deaths[rank] if self.states[rank] == DEAD else None
-
-    def raise_if_closed(self) -> None:
-        """Raises the error a new call to a closed group gets."""
-        if self.gave_up is not None:
-            raise closed_after_give_up(self.name, self.gave_up)
-        if self.closed:
-            raise shut_down(self.name)
-
     # -- fds and control replies --------------------------------------------------------
 
     def drain_now(self) -> None:
@@ -399,14 +343,6 @@ class GroupLifecycle:
                     self.ranks[rank] = None
 
     # -- answers of the restart authority -----------------------------------------------
-
-    def hold(self, ranks: Sequence[int]) -> None:
-        """Makes calls to ``ranks`` wait: a restart or a verdict is coming."""
-        with self._changed:
-            for rank in ranks:
-                if self.states[rank] in (READY, DEAD):
-                    self.states[rank] = WAITING
-            self._changed.notify_all()
 
     def stay_dead(self, rank: int) -> None:
         """``rank`` will not come back: its calls, waiting and new, fail with its death."""

@@ -14,8 +14,8 @@ that rightly live for the whole session (a multiprocessing forkserver, the resou
 tracker) must therefore be started before the baseline is taken; the test suite does that
 in a session fixture rather than excluding processes by name.
 
-# Note [Waiting for exits without reaping]
-
+Note [Waiting for exits without reaping]
+----------------------------------------
 A process or thread that the code under test has just stopped may still be on its way
 out, so ``find_leaks`` waits for it (up to ``settle_timeout``) before calling it a leak.
 Child processes are waited for through a pidfd (``os.pidfd_open``), which becomes
