@@ -461,22 +461,30 @@ class GroupLifecycle(RankStates):
         closed = shut_down(self.name)
         # Waiting calls fail now; a restart in progress sees its ranks' start fail and
         # stops what it started, so joining it below does not wait for an __init__.
-        self.pump.fail_all(lambda slot: closed)
-        self._background.join()
+        # A Ctrl-C anywhere below stops at once, and the stop still finishes: it is
+        # re-raised at the end (a closed group cannot be shut down a second time).
+        interrupted_by: KeyboardInterrupt | None = None
+        try:
+            self.pump.fail_all(lambda slot: closed)
+            self._background.join()
+        except KeyboardInterrupt as error:
+            interrupted_by, timeout = error, 0.0
         with self._stopping:
             live = [r for r in range(self.world_size) if self.ranks[r] is not None]
-            if interrupted and live and timeout > 0:
-                busy = [(slot.rank, self.describe(slot.rank), slot.name) for slot in in_flight]
-                sys.stderr.write(stopping_message(self.name, busy, self.world_size, timeout))
-                sys.stderr.flush()
-            if live and timeout > 0:
-                self.writer.send_stop(timeout, live, self.world_size)
+            try:
+                if interrupted and live and timeout > 0:
+                    busy = [(s.rank, self.describe(s.rank), s.name) for s in in_flight]
+                    sys.stderr.write(stopping_message(self.name, busy, self.world_size, timeout))
+                    sys.stderr.flush()
+                if live and timeout > 0:
+                    self.writer.send_stop(timeout, live, self.world_size)
+            except KeyboardInterrupt as error:
+                interrupted_by, timeout = error, 0.0
             # A caller parked on a full request ring raises instead of writing on.
             self.layout.request_ring().set_state(BROKEN)
             processes = [p for p in self.ranks if p is not None]
             for process in processes:
                 self.monitor.unwatch(process.sentinel)
-            interrupted_by: KeyboardInterrupt | None = None
             try:
                 stop(processes, graceful_s=timeout)  # a second Ctrl-C: killed and reaped
             except KeyboardInterrupt as error:
