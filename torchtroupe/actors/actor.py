@@ -99,6 +99,37 @@ def endpoints_of(actor_class: type) -> dict[str, inspect.Signature]:
     return found
 
 
+Endpoint = str | Callable[..., Any]
+"""An endpoint as callers name it: its name, or the function itself (``Worker.step``)."""
+
+
+def endpoint_name(actor_class: type, endpoint: Callable[..., Any]) -> str:
+    """The name of endpoint function ``endpoint`` of ``actor_class``, checked.
+
+    Runs in the caller, before anything is sent.
+
+    Raises:
+        TypeError: ``endpoint`` is not a function, not marked ``@tt.endpoint``, or not
+            an endpoint of ``actor_class`` (a function of another class).
+    """
+    name = getattr(endpoint, "__name__", None)
+    if not callable(endpoint) or not isinstance(name, str):
+        raise TypeError(
+            f"an endpoint is given by its name or as the function (Worker.step), not {endpoint!r}"
+        )
+    function = getattr(endpoint, "__func__", endpoint)
+    label = getattr(function, "__qualname__", name)
+    if not getattr(function, _ENDPOINT_MARK, False):
+        raise TypeError(f"{label} is not an endpoint: mark it with @tt.endpoint")
+    member = inspect.getattr_static(actor_class, name, None)
+    if getattr(member, "__func__", member) is not function:
+        known = ", ".join(sorted(endpoints_of(actor_class))) or "none"
+        raise TypeError(
+            f"{label} is not an endpoint of {actor_class.__qualname__}; its endpoints are: {known}"
+        )
+    return name
+
+
 def check_call(actor_class: type, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Raises in the caller if ``name(*args, **kwargs)`` cannot be a valid call.
 

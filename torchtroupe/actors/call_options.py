@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
-from .actor import check_call
+from .actor import Endpoint, check_call
 from .messages import CALL
 from .outcomes import gather
 
@@ -45,14 +45,16 @@ class RefOptionsView:
         self._ref = ref
         self._timeout = timeout
 
-    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, endpoint: Endpoint, /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`ActorRef.call` with this view's options."""
         ref = self._ref
-        return ref._group._call_one(ref.rank, name, args, kwargs, self._timeout)
+        group = ref._group
+        return group._call_one(ref.rank, group._name_of(endpoint), args, kwargs, self._timeout)
 
-    def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def call_async(self, endpoint: Endpoint, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """:meth:`ActorRef.call_async` with this view's options."""
         group = self._ref._group
+        name = group._name_of(endpoint)
         check_call(group._lifecycle.actor_class, name, args, kwargs)
         return group._future(
             CALL, name, [self._ref.rank], args, kwargs, self._timeout, lambda s: s[0].outcome()
@@ -72,13 +74,17 @@ class GroupOptionsView:
         self._group = group
         self._timeout = timeout
 
-    def broadcast(self, name: str, /, *args: Any, **kwargs: Any) -> list[Any]:
+    def broadcast(self, endpoint: Endpoint, /, *args: Any, **kwargs: Any) -> list[Any]:
         """:meth:`ActorGroup.broadcast` with this view's options."""
-        return self._group._broadcast(name, args, kwargs, self._timeout)
+        group = self._group
+        return group._broadcast(group._name_of(endpoint), args, kwargs, self._timeout)
 
-    def broadcast_async(self, name: str, /, *args: Any, **kwargs: Any) -> Future[list[Any]]:
+    def broadcast_async(
+        self, endpoint: Endpoint, /, *args: Any, **kwargs: Any
+    ) -> Future[list[Any]]:
         """:meth:`ActorGroup.broadcast_async` with this view's options."""
         group = self._group
+        name = group._name_of(endpoint)
         check_call(group._lifecycle.actor_class, name, args, kwargs)
         return group._future(
             CALL,
@@ -91,10 +97,11 @@ class GroupOptionsView:
         )
 
     def scatter(
-        self, name: str, args_per_rank: Sequence[tuple[Any, ...]], /, **kwargs: Any
+        self, endpoint: Endpoint, args_per_rank: Sequence[tuple[Any, ...]], /, **kwargs: Any
     ) -> list[Any]:
         """:meth:`ActorGroup.scatter` with this view's options."""
-        return self._group._scatter(name, args_per_rank, kwargs, self._timeout)
+        group = self._group
+        return group._scatter(group._name_of(endpoint), args_per_rank, kwargs, self._timeout)
 
     def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> list[Any]:
         """:meth:`ActorGroup.run` with this view's options."""

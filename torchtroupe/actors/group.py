@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import GroupClosedError
 from ..processes.events import SupervisionEvent
 from ..transport.codec import TARGET_ALL
-from .actor import check_call, endpoint_parameters, positional_ranges
+from .actor import Endpoint, check_call, endpoint_name, endpoint_parameters, positional_ranges
 from .call_options import DEFAULT, GroupOptionsView, RefOptionsView, Unset, check_timeout
 from .lifecycle import GroupLifecycle
 from .messages import CALL, RUN
@@ -119,6 +119,12 @@ class ActorGroup:
                 f"timeout=...), which sends every keyword to the endpoint"
             )
         return timeout  # type: ignore[return-value]
+
+    def _name_of(self, endpoint: Endpoint) -> str:
+        """The endpoint's name: given as a string, or as the function (``Worker.step``)."""
+        if type(endpoint) is str:
+            return endpoint
+        return endpoint_name(self._lifecycle.actor_class, endpoint)  # type: ignore[arg-type]
 
     def _check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         arity = self._arity.get(name)
@@ -287,9 +293,15 @@ class ActorGroup:
     # -- public calls ---------------------------------------------------------------
 
     def broadcast(
-        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
+        self,
+        endpoint: Endpoint,
+        /,
+        *args: Any,
+        timeout: float | Unset | None = DEFAULT,
+        **kwargs: Any,
     ) -> list[Any]:
-        """Calls endpoint ``name`` on every rank; returns the results in rank order.
+        """Calls ``endpoint`` (its name, or the function: ``Worker.step``) on every rank;
+        returns the results in rank order.
 
         Raises:
             AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent).
@@ -298,15 +310,22 @@ class ActorGroup:
             CallTimeoutError: No complete answer within ``timeout`` seconds.
             GroupClosedError, SupervisionError: The group was shut down or gave up.
         """
+        name = self._name_of(endpoint)
         return self._broadcast(name, args, kwargs, self._resolve_timeout(name, timeout))
 
     def broadcast_async(
-        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
+        self,
+        endpoint: Endpoint,
+        /,
+        *args: Any,
+        timeout: float | Unset | None = DEFAULT,
+        **kwargs: Any,
     ) -> Future[list[Any]]:
         """Like :meth:`broadcast`, returning a future of the list of results.
 
         Past ``timeout`` seconds the future fails with CallTimeoutError.
         """
+        name = self._name_of(endpoint)
         seconds = self._resolve_timeout(name, timeout)
         check_call(self._lifecycle.actor_class, name, args, kwargs)
         return self._future(
@@ -321,14 +340,14 @@ class ActorGroup:
 
     def scatter(
         self,
-        name: str,
+        endpoint: Endpoint,
         args_per_rank: Sequence[tuple[Any, ...]],
         /,
         *,
         timeout: float | Unset | None = DEFAULT,
         **kwargs: Any,
     ) -> list[Any]:
-        """Calls ``name`` on every rank, rank ``i`` with the ``i``-th args tuple.
+        """Calls ``endpoint`` on every rank, rank ``i`` with the ``i``-th args tuple.
 
         Each rank's arguments are written once, addressed to that rank only.
 
@@ -336,6 +355,7 @@ class ActorGroup:
             ValueError: ``args_per_rank`` does not have one tuple per rank.
             GroupError, CallTimeoutError: As for :meth:`broadcast`.
         """
+        name = self._name_of(endpoint)
         return self._scatter(name, args_per_rank, kwargs, self._resolve_timeout(name, timeout))
 
     def run(
@@ -403,9 +423,15 @@ class ActorRef:
         return RefOptionsView(self, timeout)
 
     def call(
-        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
+        self,
+        endpoint: Endpoint,
+        /,
+        *args: Any,
+        timeout: float | Unset | None = DEFAULT,
+        **kwargs: Any,
     ) -> Any:
-        """Calls endpoint ``name`` on this rank and returns its result.
+        """Calls ``endpoint`` (its name, or the function: ``Worker.step``) on this rank
+        and returns its result.
 
         Raises:
             AttributeError, TypeError: Unknown endpoint or bad arguments (nothing sent),
@@ -420,6 +446,7 @@ class ActorRef:
         group = self._group_ref()
         if group is None:
             group = self._group  # raises GroupClosedError
+        name = endpoint if type(endpoint) is str else group._name_of(endpoint)
         if timeout is DEFAULT:
             timeout = None
         elif name in group._takes_timeout:
@@ -440,13 +467,19 @@ class ActorRef:
         return slots[0].outcome()
 
     def call_async(
-        self, name: str, /, *args: Any, timeout: float | Unset | None = DEFAULT, **kwargs: Any
+        self,
+        endpoint: Endpoint,
+        /,
+        *args: Any,
+        timeout: float | Unset | None = DEFAULT,
+        **kwargs: Any,
     ) -> Future[Any]:
         """Like :meth:`call`, returning a :class:`concurrent.futures.Future`.
 
         Past ``timeout`` seconds the future fails with CallTimeoutError.
         """
         group = self._group
+        name = group._name_of(endpoint)
         seconds = group._resolve_timeout(name, timeout)
         check_call(group._lifecycle.actor_class, name, args, kwargs)
         return group._future(
