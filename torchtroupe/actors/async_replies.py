@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CallTimeoutError
 from .slots import CallSlot
@@ -49,6 +50,44 @@ class AsyncReplies:
                 )
                 self._thread.start()
         self._pump.wake_idle()
+
+    def future_of(
+        self,
+        slots: list[CallSlot],
+        finish: Callable[[list[CallSlot]], Any],
+        deadline: float | None,
+        what: Callable[[list[CallSlot]], str],
+    ) -> Future[Any]:
+        """A future of ``finish(slots)``, resolved once every slot is (on whichever
+        thread resolves the last one, never under the pump); past ``deadline`` the
+        late slots fail with CallTimeoutError (``what(late)`` says which call)."""
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        pump = self._pump
+        lock = threading.Lock()
+        finished = [False]
+
+        def try_complete() -> None:
+            with lock:
+                if finished[0] or not all(slot.done for slot in slots):
+                    return
+                finished[0] = True
+            try:
+                future.set_result(finish(slots))
+            except BaseException as error:
+                future.set_exception(error)
+
+        def on_done(_: CallSlot) -> None:
+            self.resolved()
+            pump.after_pump(try_complete)  # user callbacks never run under the pump
+
+        pending = [slot for slot in slots if not slot.done]
+        for slot in pending:
+            slot.callback = on_done
+        if pending:
+            self.track(pending, deadline, lambda: what(pending))
+        try_complete()  # also covers slots that resolved before their callback was set
+        return future
 
     def resolved(self, count: int = 1) -> None:
         """Called by tracked slots' callbacks as they resolve."""

@@ -12,9 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
-from .actor import Endpoint, check_call
-from .messages import CALL
-from .outcomes import gather
+from .actor import Endpoint
 
 if TYPE_CHECKING:
     from .group import ActorGroup, ActorRef  # the views are made by them: siblings
@@ -54,10 +52,8 @@ class RefOptionsView:
     def call_async(self, endpoint: Endpoint, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """:meth:`ActorRef.call_async` with this view's options."""
         group = self._ref._group
-        name = group._name_of(endpoint)
-        check_call(group._lifecycle.actor_class, name, args, kwargs)
-        return group._future(
-            CALL, name, [self._ref.rank], args, kwargs, self._timeout, lambda s: s[0].outcome()
+        return group._call_async(
+            self._ref.rank, group._name_of(endpoint), args, kwargs, self._timeout
         )
 
     def run(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -84,17 +80,7 @@ class GroupOptionsView:
     ) -> Future[list[Any]]:
         """:meth:`ActorGroup.broadcast_async` with this view's options."""
         group = self._group
-        name = group._name_of(endpoint)
-        check_call(group._lifecycle.actor_class, name, args, kwargs)
-        return group._future(
-            CALL,
-            name,
-            group._all_ranks(),
-            args,
-            kwargs,
-            self._timeout,
-            lambda slots: gather(slots, group.name, name),
-        )
+        return group._call_async(None, group._name_of(endpoint), args, kwargs, self._timeout)
 
     def scatter(
         self, endpoint: Endpoint, args_per_rank: Sequence[tuple[Any, ...]], /, **kwargs: Any

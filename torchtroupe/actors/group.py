@@ -14,7 +14,6 @@ keyword to the endpoint.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -257,35 +256,27 @@ class ActorGroup:
         with CallTimeoutError."""
         deadline = check_timeout(timeout)
         slots = self._slots(kind, name, ranks, None, args, kwargs, deadline)
-        future: Future[Any] = Future()
-        future.set_running_or_notify_cancel()
-        pump = self._lifecycle.pump
-        lock = threading.Lock()
-        finished = [False]
+        return self._lifecycle.pump.futures.future_of(
+            slots, finish, deadline, lambda late: str(timeout_error(late, self.name, name, timeout))
+        )
 
-        def try_complete() -> None:
-            with lock:
-                if finished[0] or not all(slot.done for slot in slots):
-                    return
-                finished[0] = True
-            try:
-                future.set_result(finish(slots))
-            except BaseException as error:
-                future.set_exception(error)
-
-        def on_done(_: CallSlot) -> None:
-            pump.futures.resolved()
-            pump.after_pump(try_complete)  # user callbacks never run under the pump
-
-        pending = [slot for slot in slots if not slot.done]
-        for slot in pending:
-            slot.callback = on_done
-        if pending:
-            pump.futures.track(
-                pending, deadline, lambda: str(timeout_error(pending, self.name, name, timeout))
+    def _call_async(
+        self,
+        rank: int | None,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Future[Any]:
+        """The future of a call of ``name`` on ``rank`` (its result), or on every rank
+        if None (the list of results); checked before anything is sent."""
+        check_call(self._lifecycle.actor_class, name, args, kwargs)
+        if rank is None:
+            ranks = self._all_ranks()
+            return self._future(
+                CALL, name, ranks, args, kwargs, timeout, lambda s: gather(s, self.name, name)
             )
-        try_complete()  # also covers slots that resolved before their callback was set
-        return future
+        return self._future(CALL, name, [rank], args, kwargs, timeout, lambda s: s[0].outcome())
 
     def _all_ranks(self) -> list[int]:
         return list(range(self.world_size))
@@ -327,16 +318,7 @@ class ActorGroup:
         """
         name = self._name_of(endpoint)
         seconds = self._resolve_timeout(name, timeout)
-        check_call(self._lifecycle.actor_class, name, args, kwargs)
-        return self._future(
-            CALL,
-            name,
-            self._all_ranks(),
-            args,
-            kwargs,
-            seconds,
-            lambda slots: gather(slots, self.name, name),
-        )
+        return self._call_async(None, name, args, kwargs, seconds)
 
     def scatter(
         self,
@@ -481,10 +463,7 @@ class ActorRef:
         group = self._group
         name = group._name_of(endpoint)
         seconds = group._resolve_timeout(name, timeout)
-        check_call(group._lifecycle.actor_class, name, args, kwargs)
-        return group._future(
-            CALL, name, [self.rank], args, kwargs, seconds, lambda slots: slots[0].outcome()
-        )
+        return group._call_async(self.rank, name, args, kwargs, seconds)
 
     def run(
         self,
